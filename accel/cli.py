@@ -1,0 +1,159 @@
+"""The ``accel`` command line. Every subcommand takes ``--json`` (one JSON document on stdout;
+progress and errors go to stderr). Errors exit with status 2 and say what to fix."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from accel.models.errors import AccelError
+
+DEFAULT_MODEL = "digits-moe"
+
+
+def _progress(enabled: bool):
+    def say(msg: str) -> None:
+        if enabled:
+            print(f"[accel] {msg}", file=sys.stderr, flush=True)
+    return say
+
+
+def cmd_models(args) -> dict:
+    from accel.models.config import load_config, zoo_names
+    rows = []
+    for name in zoo_names():
+        c = load_config(name)
+        macs = c.macs_per_image()
+        rows.append({
+            "name": c.name, "image_size": list(c.image_size), "patch_size": c.patch_size,
+            "tokens": c.tokens, "dim": c.dim, "depth": c.depth, "heads": c.heads,
+            "mlp_hidden": c.mlp_hidden, "moe_layers": list(c.moe.layers) if c.moe else [],
+            "experts": c.moe.experts if c.moe else 0, "top_k": c.moe.top_k if c.moe else 0,
+            "expert_hidden": c.moe.expert_hidden if c.moe else 0, "tasks": c.tasks,
+            "num_classes": c.num_classes, "weights": c.weights, "dataset": c.data.dataset,
+            "gmac_per_image": round(macs["total"] / 1e9, 4)})
+    if not args.json:
+        print(f"{'model':<16}{'image':>10}{'tokens':>7}{'dim':>5}{'depth':>6}{'heads':>6}"
+              f"{'experts':>8}{'top-k':>6}{'GMAC':>8}  weights")
+        for r in rows:
+            img = "x".join(map(str, r["image_size"]))
+            print(f"{r['name']:<16}{img:>10}{r['tokens']:>7}{r['dim']:>5}{r['depth']:>6}{r['heads']:>6}"
+                  f"{r['experts']:>8}{r['top_k']:>6}{r['gmac_per_image']:>8.3f}  {r['weights']}")
+    return {"models": rows}
+
+
+def cmd_eval(args) -> dict:
+    from accel.evaluate import evaluate
+    res = evaluate(args.model, args.task, args.images, _progress(True)).to_json()
+    if not args.json:
+        print(f"model {res['model']} task {res['task']}: {res['samples']} held-out images")
+        if res["fp_accuracy"] is not None:
+            print(f"  float accuracy    {res['fp_accuracy']:.4f}")
+            print(f"  integer accuracy  {res['int_accuracy']:.4f}")
+        print(f"  feature cosine    {res['cosine']:.5f} (min {res['cosine_min']:.5f})")
+        print(f"  top-1 agreement   {res['top1_agreement']:.4f}")
+    return res
+
+
+def cmd_trace(args) -> dict:
+    from accel.models.data import eval_set
+    from accel.models.quantize import load_reference
+    ref = load_reference(args.model, args.task)
+    data = eval_set(ref.cfg, args.image + 1)
+    if args.image >= len(data.images):
+        raise AccelError(f"--image {args.image} is out of range: the evaluation set of {ref.cfg.name!r} "
+                         f"has {len(data.images)} images")
+    tr = ref.trace(ref.quantize_images(data.images[args.image:args.image + 1]))
+    ops = []
+    for r in tr:
+        out = r.output.logits if hasattr(r.output, "logits") else r.output
+        ops.append({"layer": r.layer, "op": r.name, "kind": type(r.op).__name__,
+                    "inputs": [list(a.shape) for a in r.inputs], "output": list(out.shape),
+                    "output_min": int(out.min()) if out.size else None,
+                    "output_max": int(out.max()) if out.size else None,
+                    "tokens": None if r.tokens is None else int(r.tokens.size)})
+    if not args.json:
+        for o in ops:
+            tok = f" tokens={o['tokens']}" if o["tokens"] is not None else ""
+            print(f"{str(o['layer']):>6} {o['op']:<14} {o['kind']:<15} in={o['inputs']} out={o['output']} "
+                  f"range=[{o['output_min']}, {o['output_max']}]{tok}")
+    return {"model": ref.cfg.name, "task": args.task, "image": args.image, "ops": ops}
+
+
+def cmd_run(args) -> dict:
+    """The main job on the bundled defaults, as far as it exists: evaluate float vs integer."""
+    from accel.evaluate import evaluate
+    say = _progress(True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ev = evaluate(args.model, 0, None, say).to_json()
+    report = {"model": args.model, "eval": ev, "seconds": round(time.perf_counter() - t0, 2),
+              "stages_not_yet_built": ["dse", "rtl simulation", "bitstream"]}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    lines = [f"# accel run: {args.model}", "", "| metric | value |", "|---|---|"]
+    for k, v in ev.items():
+        lines.append(f"| {k} | {v} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    report["report_dir"] = str(out)
+    if not args.json:
+        print(f"accel run: {args.model}")
+        if ev["fp_accuracy"] is not None:
+            print(f"  float accuracy {ev['fp_accuracy']:.4f}, integer accuracy {ev['int_accuracy']:.4f} "
+                  f"on {ev['samples']} held-out images")
+        print(f"  feature cosine {ev['cosine']:.5f}, top-1 agreement {ev['top1_agreement']:.4f}")
+        print(f"  report: {out / 'report.json'}, {out / 'report.md'}")
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="accel", description="FPGA co-design for quantized MoE vision transformers")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        p.set_defaults(fn=fn)
+        return p
+
+    add("models", cmd_models, "list the model zoo")
+    p = add("eval", cmd_eval, "float model vs integer reference on held-out images")
+    p.add_argument("--model", required=True, help="zoo name or path to a model .yaml")
+    p.add_argument("--task", type=int, default=0, help="task gate (multi-task MoE models)")
+    p.add_argument("--images", type=int, default=None, help="limit the number of evaluation images")
+    p = add("trace", cmd_trace, "run one image through the integer reference and list every op")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", type=int, default=0)
+    p.add_argument("--image", type=int, default=0, help="index into the evaluation set")
+    p = add("run", cmd_run, "the main job on the bundled default model")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--out", default="build/run", help="report folder")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.fn(args)
+    except AccelError as exc:
+        print(f"accel {args.command}: error: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2, default=_jsonable))
+    return 0
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

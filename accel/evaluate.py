@@ -1,0 +1,65 @@
+"""Float model vs integer reference on a model's held-out evaluation images."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from accel.models.data import eval_set
+from accel.models.quantize import load_pair
+
+BATCH = 16
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    model: str
+    task: int
+    samples: int
+    fp_accuracy: float | None     # labelled data only (digits)
+    int_accuracy: float | None
+    cosine: float                 # mean cosine of dequantized integer vs float final features
+    cosine_min: float
+    top1_agreement: float         # integer argmax == float argmax
+    seconds: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(name: str, task: int = 0, images: int | None = None,
+             progress: Callable[[str], None] | None = None) -> EvalResult:
+    t0 = time.perf_counter()
+    if progress:
+        progress(f"{name}: building the float model and calibrating the integer reference")
+    fm, im = load_pair(name, task)
+    data = eval_set(fm.cfg, images)
+    n = len(data.images)
+    cos, agree, fp_hit, int_hit = [], [], 0, 0
+    for start in range(0, n, BATCH):
+        x = data.images[start:start + BATCH]
+        with torch.no_grad():
+            feats = fm.features(torch.from_numpy(x), task)
+            logits = fm.head(feats).numpy()
+        feats = feats.numpy().astype(np.float64)
+        fi, li = im.dequantize(im.run(im.quantize_images(x)))
+        cos.append((feats * fi).sum(1) / (np.linalg.norm(feats, axis=1) * np.linalg.norm(fi, axis=1) + 1e-30))
+        agree.append(logits.argmax(1) == li.argmax(1))
+        if data.labels is not None:
+            y = data.labels[start:start + BATCH]
+            fp_hit += int((logits.argmax(1) == y).sum())
+            int_hit += int((li.argmax(1) == y).sum())
+        if progress:
+            progress(f"{name}: {min(start + BATCH, n)}/{n} images")
+    cos_all = np.concatenate(cos)
+    labelled = data.labels is not None
+    return EvalResult(
+        model=fm.cfg.name, task=task, samples=n,
+        fp_accuracy=fp_hit / n if labelled else None,
+        int_accuracy=int_hit / n if labelled else None,
+        cosine=float(cos_all.mean()), cosine_min=float(cos_all.min()),
+        top1_agreement=float(np.concatenate(agree).mean()),
+        seconds=round(time.perf_counter() - t0, 3))
