@@ -56,6 +56,8 @@ def cmd_eval(args) -> dict:
             print(f"  integer accuracy  {res['int_accuracy']:.4f}")
         print(f"  feature cosine    {res['cosine']:.5f} (min {res['cosine_min']:.5f})")
         print(f"  top-1 agreement   {res['top1_agreement']:.4f}")
+        if res["routing_agreement"] is not None:
+            print(f"  routing agreement {res['routing_agreement']:.4f} (tokens x MoE layers with the float expert set)")
     return res
 
 

@@ -24,6 +24,7 @@ class EvalResult:
     cosine: float                 # mean cosine of dequantized integer vs float final features
     cosine_min: float
     top1_agreement: float         # integer argmax == float argmax
+    routing_agreement: float | None  # share of (token, MoE layer) with the float model's expert set
     seconds: float
 
     def to_json(self) -> dict:
@@ -38,14 +39,23 @@ def evaluate(name: str, task: int = 0, images: int | None = None,
     fm, im = load_pair(name, task)
     data = eval_set(fm.cfg, images)
     n = len(data.images)
-    cos, agree, fp_hit, int_hit = [], [], 0, 0
+    cos, agree, fp_hit, int_hit, route_same, route_all = [], [], 0, 0, 0, 0
+    k = fm.cfg.moe.top_k if fm.cfg.moe else 0
     for start in range(0, n, BATCH):
         x = data.images[start:start + BATCH]
+        gate_logits = []
+        rec = lambda name, t: gate_logits.append(t.numpy()) if name.endswith(".gate_logits") else None
         with torch.no_grad():
-            feats = fm.features(torch.from_numpy(x), task)
+            feats = fm.features(torch.from_numpy(x), task, rec)
             logits = fm.head(feats).numpy()
         feats = feats.numpy().astype(np.float64)
-        fi, li = im.dequantize(im.run(im.quantize_images(x)))
+        out = im.run(im.quantize_images(x))
+        fi, li = im.dequantize(out)
+        for fl, chosen in zip(gate_logits, out.routing):
+            f_set = np.sort(np.argsort(-fl, axis=-1, kind="stable")[:, :k], axis=-1)
+            i_set = np.sort(chosen.reshape(-1, k), axis=-1)
+            route_same += int((f_set == i_set).all(axis=-1).sum())
+            route_all += len(f_set)
         cos.append((feats * fi).sum(1) / (np.linalg.norm(feats, axis=1) * np.linalg.norm(fi, axis=1) + 1e-30))
         agree.append(logits.argmax(1) == li.argmax(1))
         if data.labels is not None:
@@ -62,4 +72,5 @@ def evaluate(name: str, task: int = 0, images: int | None = None,
         int_accuracy=int_hit / n if labelled else None,
         cosine=float(cos_all.mean()), cosine_min=float(cos_all.min()),
         top1_agreement=float(np.concatenate(agree).mean()),
+        routing_agreement=route_same / route_all if route_all else None,
         seconds=round(time.perf_counter() - t0, 3))

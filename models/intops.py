@@ -41,10 +41,16 @@ ATTN_RECIP_BITS = 24
 # MoE gate probabilities are unsigned integers at scale 2**-GATE_PROB_BITS
 GATE_PROB_BITS = 15
 GATE_RECIP_BITS = 16
-# LayerNorm: factor = floor(2**LN_RECIP_BITS / std), z = round(y * factor / 2**LN_Z_SHIFT)
-LN_RECIP_BITS = 31
-LN_Z_SHIFT = 16
+# LayerNorm: std = isqrt(var << LN_VAR_SHIFT), factor = floor(2**LN_RECIP_BITS / std),
+# z = round(yc * factor / 2**LN_Z_SHIFT) ~ 2**LN_Z_BITS * normalized
+LN_MAX_CHANNELS = 1024
+LN_VAR_SHIFT = 12
+LN_RECIP_BITS = 46
+LN_Z_SHIFT = 30
+LN_Z_BITS = LN_RECIP_BITS - LN_VAR_SHIFT // 2 - LN_Z_SHIFT  # 10
 LN_MULT_LIMIT = 1 << 23
+# residual add multipliers: the larger one in [2**22, 2**23)
+RES_MULT_BITS = 23
 
 
 def _int64(x) -> np.ndarray:
@@ -209,6 +215,7 @@ class IntLinear:
         return self.d_in * (1 << (self.in_bits - 1)) * 128 + int(np.abs(self.bias).max(initial=0))
 
     def accumulate(self, x: np.ndarray) -> np.ndarray:
+        x = _int64(x)
         if x.shape[-1] != self.d_in:
             raise ShapeError(f"IntLinear: input has {x.shape[-1]} features, the layer takes {self.d_in}")
         acc = np.matmul(x.astype(np.float64), self._wt).astype(np.int64) + self.bias
@@ -223,43 +230,56 @@ class IntLinear:
 
 @dataclass(frozen=True, eq=False)
 class IntLayerNorm:
-    """Integer LayerNorm over the last axis: int16 in, int8 out.
+    """Integer LayerNorm over the last axis (C <= 1024 channels): int16 in, int8 out.
 
-    S = sum(x); mean = floor((S + C//2) / C); y = x - mean; var = sum(y*y); std = isqrt(var);
-    factor = floor(2**31 / max(std, 1)); z = (y*factor + 2**15) >> 16   (z ~ 2**15 * y / std);
-    out = clamp8((z * mult[c] + offset[c] + 2**(shift-1)) >> shift)   (affine folded in)."""
+    Exact centring, no rounded mean: with S = sum(x) and Q = sum(x*x),
+      yc  = C*x - S                       (= C * (x - mean), exact)
+      var = C*Q - S*S                     (= C * sum((x - mean)**2) = (C*sigma)**2, exact)
+      std = isqrt(var << 12)              (= floor(2**6 * sqrt(var)))
+      factor = floor(2**46 / max(std, 1))
+      z   = (yc*factor + 2**29) >> 30     (~ 2**10 * (x - mean) / sigma, |z| <= 2**10 * sqrt(C))
+      out = clamp8((z*mult[c] + offset[c] + 2**(shift-1)) >> shift)   (gamma, beta folded in)
+    Widths: S 26 bits, Q 41 bits, var < 2**50, yc 27 bits, factor <= 2**40, yc*factor < 2**46."""
     mult: np.ndarray    # int64 [C], |mult| < 2**23
     offset: np.ndarray  # int64 [C]
     shift: int
     in_bits: int = 16
 
+    def __post_init__(self):
+        if self.channels > LN_MAX_CHANNELS:
+            raise NumericsError(f"IntLayerNorm: {self.channels} channels > {LN_MAX_CHANNELS}; the variance "
+                                "(C*sum(x*x) - S*S) would pass 2**50 and isqrt(var << 12) 2**62")
+        if np.abs(self.mult).max(initial=0) >= LN_MULT_LIMIT:
+            raise NumericsError(f"IntLayerNorm: a multiplier reaches {np.abs(self.mult).max()} >= 2**23")
+
     @property
     def channels(self) -> int:
         return self.mult.shape[0]
 
-    def normalize(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(z, mean, std) for each row."""
+    def normalize(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(z, std) for each row: z ~ 2**10 * (x - mean) / sigma."""
         c = self.channels
         if x.shape[-1] != c:
             raise ShapeError(f"IntLayerNorm: input has {x.shape[-1]} channels, the norm takes {c}")
+        x = _int64(x)
         s = x.sum(axis=-1, keepdims=True)
-        mean = (s + c // 2) // c
-        y = x - mean
-        var = (y * y).sum(axis=-1, keepdims=True)
-        std = isqrt_floor(var)
+        q = (x * x).sum(axis=-1, keepdims=True)
+        var = c * q - s * s
+        std = isqrt_floor(var << LN_VAR_SHIFT)
         factor = (1 << LN_RECIP_BITS) // np.maximum(std, 1)
-        z = rounding_shift(y * factor, LN_Z_SHIFT)
-        return z, mean, std
+        z = rounding_shift((c * x - s) * factor, LN_Z_SHIFT)
+        return z, std
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        z, _, _ = self.normalize(x)
+        z, _ = self.normalize(x)
         return clamp_bits(rounding_shift(z * self.mult + self.offset, self.shift), 8)
 
 
 @dataclass(frozen=True, eq=False)
 class IntResidualAdd:
     """y = clamp16((x * mult_x + b * mult_b + 2**(shift-1)) >> shift): the residual stream x
-    (int16) plus a branch b (int8), both rescaled to the new residual scale with one rounding."""
+    (int16) plus a branch b (int8), both rescaled to the new residual scale with one rounding.
+    Multipliers below 2**23: |x * mult_x| < 2**38."""
     mult_x: int
     mult_b: int
     shift: int

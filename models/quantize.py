@@ -25,7 +25,7 @@ from .config import ModelConfig, load_config
 from .data import calibration_set
 from .errors import NumericsError
 from .float_model import MoEViT, build_float_model
-from .intops import (ATTN_RECIP_BITS, GATE_PROB_BITS, LN_MULT_LIMIT, LN_RECIP_BITS, LN_Z_SHIFT,
+from .intops import (ATTN_RECIP_BITS, GATE_PROB_BITS, LN_MULT_LIMIT, LN_Z_BITS, RES_MULT_BITS,
                      EXP2_FRAC_BITS, IntAttention, IntExpert, IntGate, IntLayerNorm, IntLinear,
                      IntMoE, IntResidualAdd, Requant, dyadic)
 from .reference import IntBlock, IntEmbed, IntegerModel, IntMlp
@@ -100,9 +100,8 @@ def gelu_table(s_pre: float, s_post: float) -> np.ndarray:
 
 def make_layernorm(gamma: np.ndarray, beta: np.ndarray, s_out: float) -> IntLayerNorm:
     """Fold the affine into the output requantization: out = (z*mult + offset) >> shift with
-    z ~ 2**15 * y / ||y||, so mult / 2**shift ~ gamma * sqrt(C) / (2**15 * s_out)."""
-    c = gamma.shape[0]
-    ratio = gamma * math.sqrt(c) * 2.0 ** (LN_Z_SHIFT - LN_RECIP_BITS) / s_out
+    z ~ 2**10 * normalized, so mult / 2**shift ~ gamma / (2**10 * s_out)."""
+    ratio = gamma * 2.0 ** -LN_Z_BITS / s_out
     top = float(np.abs(ratio).max()) or 1.0
     shift = int(min(62, math.floor(math.log2((LN_MULT_LIMIT - 1) / top))))
     if shift < 0:
@@ -114,11 +113,11 @@ def make_layernorm(gamma: np.ndarray, beta: np.ndarray, s_out: float) -> IntLaye
 
 def make_residual(s_x: float, s_b: float, s_y: float) -> IntResidualAdd:
     """y = (x*mx + b*mb + round) >> k with mx/2**k ~ s_x/s_y, mb/2**k ~ s_b/s_y, the larger
-    multiplier in [2**14, 2**15)."""
+    multiplier in [2**22, 2**23)."""
     rx, rb = s_x / s_y, s_b / s_y
-    k = 14 - math.floor(math.log2(max(rx, rb)))
+    k = RES_MULT_BITS - 1 - math.floor(math.log2(max(rx, rb)))
     if k < 0:
-        raise NumericsError(f"residual add: scale ratio {max(rx, rb):.3g} >= 2**15; calibration is inconsistent")
+        raise NumericsError(f"residual add: scale ratio {max(rx, rb):.3g} >= 2**23; calibration is inconsistent")
     k = min(k, 62)
     return IntResidualAdd(round(rx * 2 ** k), round(rb * 2 ** k), k)
 

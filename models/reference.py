@@ -112,6 +112,7 @@ class IntBlock:
 class IntOutput:
     features: np.ndarray  # int8 [B, D]: final-norm class token, scale IntegerModel.feature_scale
     logits: np.ndarray    # int16 [B, classes], scale IntegerModel.logit_scale
+    routing: tuple[np.ndarray, ...] = ()  # per MoE layer: chosen experts [B, tokens, k]
 
 
 @dataclass(frozen=True, eq=False)
@@ -167,16 +168,17 @@ class IntegerModel:
         branch = np.concatenate([np.zeros((b, 1, p.shape[2]), np.int64), p], axis=1)
         h = e.add(pos, branch)
         rec("embed", "pos_add", e.add, (pos, branch), h)
+        routing: list[np.ndarray] = []
         for i, blk in enumerate(self.blocks):
-            h = self._block(i, blk, h, rec)
+            h = self._block(i, blk, h, rec, routing)
         cls = h[:, 0]
         f = self.norm(cls)
         rec("head", "norm", self.norm, (cls,), f)
         logits = self.head(f)
         rec("head", "head", self.head, (f,), logits)
-        return IntOutput(f, logits)
+        return IntOutput(f, logits, tuple(routing))
 
-    def _block(self, i: int, blk: IntBlock, x: np.ndarray, rec) -> np.ndarray:
+    def _block(self, i: int, blk: IntBlock, x: np.ndarray, rec, routing: list) -> np.ndarray:
         b, n, d = x.shape
         a = blk.ln1(x)
         rec(i, "ln1", blk.ln1, (x,), a)
@@ -206,6 +208,7 @@ class IntegerModel:
 
             gate = moe.gate(flat)
             rec(i, "gate", moe.gate, (flat,), gate, batched=False)
+            routing.append(gate.experts.reshape(b, n, -1))
             yf = moe.apply(flat, gate, expert_rec)
             rec(i, "moe", moe, (flat,), yf, batched=False)
             y = yf.reshape(b, n, d)
