@@ -1,0 +1,41 @@
+"""The accel command line: --json everywhere, actionable errors with exit status 2."""
+import json
+import subprocess
+import sys
+
+from accel.cli import main
+
+
+def test_models_json(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["models"]
+    by = {r["name"]: r for r in rows}
+    assert by["m3vit-tiny"]["tokens"] == 129 and by["m3vit-tiny-224"]["tokens"] == 197
+    assert by["digits-moe"]["experts"] == 4
+
+
+def test_eval_json_fields(capsys):
+    assert main(["eval", "--model", "digits-moe", "--images", "40", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for key in ("fp_accuracy", "int_accuracy", "samples", "cosine", "top1_agreement", "routing_agreement"):
+        assert key in res
+    assert res["samples"] == 40
+
+
+def test_trace_json(capsys):
+    assert main(["trace", "--model", "digits-moe", "--json"]) == 0
+    ops = json.loads(capsys.readouterr().out)["ops"]
+    kinds = {o["kind"] for o in ops}
+    assert {"IntLinear", "IntLayerNorm", "IntAttention", "IntResidualAdd", "IntGate", "IntMoE"} <= kinds
+
+
+def test_unknown_model_is_an_error_with_status_2(capsys):
+    assert main(["eval", "--model", "nope", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["error"].startswith("unknown model 'nope'")
+    assert "accel eval: error: unknown model 'nope'" in captured.err
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "accel.cli", "models"], capture_output=True, text=True, check=True)
+    assert "m3vit-tiny-224" in out.stdout
