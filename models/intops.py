@@ -305,6 +305,13 @@ class IntAttention:
     out_mult: int
     out_shift: int
 
+    MAX_KEYS = 1024  # |acc * r| <= keys * 2**46 < 2**56
+
+    def __post_init__(self):
+        if not (0 <= self.exp_mult < 1 << 15 and 0 < self.out_mult < 1 << 15 and 1 <= self.out_shift <= 62):
+            raise NumericsError(f"IntAttention: constants out of range: exp_mult {self.exp_mult!r} and "
+                                f"out_mult {self.out_mult!r} must be below 2**15, out_shift {self.out_shift!r} in [1, 62]")
+
     def scores(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
         """Integer scores [..., heads, Nq, Nk] from q [..., Nq, D], k [..., Nk, D]."""
         qh, kh = self._split(q), self._split(k)
@@ -324,6 +331,9 @@ class IntAttention:
     def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         if not (q.shape[-1] == k.shape[-1] == v.shape[-1]) or k.shape[-2] != v.shape[-2]:
             raise ShapeError(f"IntAttention: q {q.shape}, k {k.shape}, v {v.shape} do not agree")
+        if k.shape[-2] > self.MAX_KEYS:
+            raise NumericsError(f"IntAttention: {k.shape[-2]} keys > {self.MAX_KEYS}; sum(e*v) * reciprocal "
+                                "could pass 2**62 (split the sequence or widen the datapath)")
         e = self.row_exp(self.scores(q, k))
         row_sum = e.sum(axis=-1, keepdims=True)
         acc = exact_matmul(e, self._split(v), 1 << EXP2_OUT_BITS, 128)
