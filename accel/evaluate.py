@@ -62,8 +62,9 @@ def evaluate(name: str, task: int = 0, images: int | None = None,
             y = data.labels[start:start + BATCH]
             fp_hit += int((logits.argmax(1) == y).sum())
             int_hit += int((li.argmax(1) == y).sum())
-        if progress:
-            progress(f"{name}: {min(start + BATCH, n)}/{n} images")
+        done = min(start + BATCH, n)
+        if progress and (done == n or (start // BATCH) % max(1, n // BATCH // 8) == 0):
+            progress(f"{name}: {done}/{n} images")
     cos_all = np.concatenate(cos)
     labelled = data.labels is not None
     return EvalResult(
