@@ -55,7 +55,8 @@ def cmd_eval(args) -> dict:
             print(f"  float accuracy    {res['fp_accuracy']:.4f}")
             print(f"  integer accuracy  {res['int_accuracy']:.4f}")
         print(f"  feature cosine    {res['cosine']:.5f} (min {res['cosine_min']:.5f})")
-        print(f"  top-1 agreement   {res['top1_agreement']:.4f}")
+        if res["top1_agreement"] is not None:
+            print(f"  top-1 agreement   {res['top1_agreement']:.4f}")
         if res["routing_agreement"] is not None:
             print(f"  routing agreement {res['routing_agreement']:.4f} (tokens x MoE layers with the float expert set)")
     return res
@@ -107,7 +108,7 @@ def cmd_run(args) -> dict:
         if ev["fp_accuracy"] is not None:
             print(f"  float accuracy {ev['fp_accuracy']:.4f}, integer accuracy {ev['int_accuracy']:.4f} "
                   f"on {ev['samples']} held-out images")
-        print(f"  feature cosine {ev['cosine']:.5f}, top-1 agreement {ev['top1_agreement']:.4f}")
+        print(f"  feature cosine {ev['cosine']:.5f}, top-1 agreement {ev['top1_agreement']}")
         print(f"  report: {out / 'report.json'}, {out / 'report.md'}")
     return report
 

@@ -23,7 +23,7 @@ class EvalResult:
     int_accuracy: float | None
     cosine: float                 # mean cosine of dequantized integer vs float final features
     cosine_min: float
-    top1_agreement: float         # integer argmax == float argmax
+    top1_agreement: float | None  # integer argmax == float argmax (None: the model has no head)
     routing_agreement: float | None  # share of (token, MoE layer) with the float model's expert set
     seconds: float
 
@@ -47,7 +47,7 @@ def evaluate(name: str, task: int = 0, images: int | None = None,
         rec = lambda name, t: gate_logits.append(t.numpy()) if name.endswith(".gate_logits") else None
         with torch.no_grad():
             feats = fm.features(torch.from_numpy(x), task, rec)
-            logits = fm.head(feats).numpy()
+            logits = fm.classify(feats).numpy()
         feats = feats.numpy().astype(np.float64)
         out = im.run(im.quantize_images(x))
         fi, li = im.dequantize(out)
@@ -57,7 +57,8 @@ def evaluate(name: str, task: int = 0, images: int | None = None,
             route_same += int((f_set == i_set).all(axis=-1).sum())
             route_all += len(f_set)
         cos.append((feats * fi).sum(1) / (np.linalg.norm(feats, axis=1) * np.linalg.norm(fi, axis=1) + 1e-30))
-        agree.append(logits.argmax(1) == li.argmax(1))
+        if logits.shape[1]:
+            agree.append(logits.argmax(1) == li.argmax(1))
         if data.labels is not None:
             y = data.labels[start:start + BATCH]
             fp_hit += int((logits.argmax(1) == y).sum())
@@ -72,6 +73,6 @@ def evaluate(name: str, task: int = 0, images: int | None = None,
         fp_accuracy=fp_hit / n if labelled else None,
         int_accuracy=int_hit / n if labelled else None,
         cosine=float(cos_all.mean()), cosine_min=float(cos_all.min()),
-        top1_agreement=float(np.concatenate(agree).mean()),
+        top1_agreement=float(np.concatenate(agree).mean()) if agree else None,
         routing_agreement=route_same / route_all if route_all else None,
         seconds=round(time.perf_counter() - t0, 3))

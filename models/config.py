@@ -16,7 +16,8 @@ from .errors import ConfigError
 ZOO_DIR = Path(__file__).parent / "zoo"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
-__all__ = ["MoEConfig", "DataConfig", "ModelConfig", "load_config", "zoo_names", "ZOO_DIR", "WEIGHTS_DIR"]
+__all__ = ["MoEConfig", "DataConfig", "ModelConfig", "load_config", "zoo_names", "imported_names",
+           "ZOO_DIR", "WEIGHTS_DIR", "IMPORTED_DIR"]
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,14 @@ class ModelConfig:
     depth: int
     heads: int
     mlp_hidden: int
-    num_classes: int
+    num_classes: int              # 0: no classification head (a backbone, as M3ViT's)
     moe: MoEConfig | None
     data: DataConfig
     weights: str                  # a file in models/weights (or beside the YAML), or "random"
     seed: int = 0
     description: str = ""
     source: str = ""              # the file it was loaded from
+    final_norm: bool = True       # LayerNorm after the last block (timm); M3ViT's backbone has none
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -115,8 +117,15 @@ class ModelConfig:
         return Path(self.source).name if self.source else self.name
 
 
+IMPORTED_DIR = Path("build") / "models"  # where `accel import` writes by default (relative to the cwd)
+
+
 def zoo_names() -> list[str]:
     return sorted(p.stem for p in ZOO_DIR.glob("*.yaml"))
+
+
+def imported_names() -> list[str]:
+    return sorted(p.parent.name for p in IMPORTED_DIR.glob("*/*.yaml") if p.stem == p.parent.name)
 
 
 class _Fields:
@@ -173,8 +182,12 @@ def load_config(name_or_path: str | Path) -> ModelConfig:
     if path.suffix not in (".yaml", ".yml"):
         path = ZOO_DIR / f"{name_or_path}.yaml"
         if not path.exists():
-            raise ConfigError(f"unknown model {str(name_or_path)!r}; the zoo has: {', '.join(zoo_names())} "
-                              "(or pass a path to a model .yaml)")
+            path = IMPORTED_DIR / str(name_or_path) / f"{name_or_path}.yaml"
+        if not path.exists():
+            imported = imported_names()
+            extra = f"; imported in {IMPORTED_DIR}: {', '.join(imported)}" if imported else ""
+            raise ConfigError(f"unknown model {str(name_or_path)!r}; the zoo has: {', '.join(zoo_names())}"
+                              f"{extra} (or pass a path to a model .yaml)")
     elif not path.exists():
         raise ConfigError(f"model file {str(path)!r} does not exist")
     file = path.name
@@ -198,7 +211,8 @@ def load_config(name_or_path: str | Path) -> ModelConfig:
     if dim % heads:
         raise f.err("heads", f"dim {dim} is not divisible by heads={heads}; choose heads dividing dim")
     mlp_hidden = f.get("mlp_hidden", int, minimum=1)
-    num_classes = f.get("num_classes", int, minimum=1)
+    num_classes = f.get("num_classes", int, minimum=0)
+    final_norm = f.get("final_norm", bool, True)
     weights = f.get("weights", str)
     seed = f.get("seed", int, 0)
     description = f.get("description", str, "")
@@ -229,4 +243,4 @@ def load_config(name_or_path: str | Path) -> ModelConfig:
         raise f.err("image_size", f"dataset 'digits' is 8x8, 1 channel, 10 classes; got {size}, "
                     f"in_chans {in_chans}, num_classes {num_classes}")
     return ModelConfig(name, (size[0], size[1]), in_chans, patch, dim, depth, heads, mlp_hidden,
-                      num_classes, moe, data, weights, seed, description, str(path))
+                      num_classes, moe, data, weights, seed, description, str(path), final_norm)

@@ -179,8 +179,8 @@ class MoEViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.tokens, cfg.dim) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
-        self.norm = nn.LayerNorm(cfg.dim, eps=LN_EPS)
-        self.head = nn.Linear(cfg.dim, cfg.num_classes)
+        self.norm = nn.LayerNorm(cfg.dim, eps=LN_EPS) if cfg.final_norm else None
+        self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes else None
 
     def check_images(self, images: torch.Tensor | np.ndarray) -> None:
         c = self.cfg
@@ -194,8 +194,8 @@ class MoEViT(nn.Module):
             raise ConfigError(f"task {task!r} is out of range: model {self.cfg.name!r} has "
                               f"{self.cfg.tasks} task gate(s), numbered from 0")
 
-    def features(self, images: torch.Tensor, task: int = 0, rec: Recorder = _noop) -> torch.Tensor:
-        """Final-norm class-token features [B, D]."""
+    def tokens(self, images: torch.Tensor, task: int = 0, rec: Recorder = _noop) -> torch.Tensor:
+        """The residual stream after the last block, [B, tokens, D]."""
         self.check_images(images)
         self.check_task(task)
         rec("input", images)
@@ -208,14 +208,26 @@ class MoEViT(nn.Module):
         rec("embed.out", x)
         for i, blk in enumerate(self.blocks):
             x = blk(x, task, rec, f"blocks.{i}")
-        f = self.norm(x[:, 0])
-        rec("norm", f)
+        return x
+
+    def features(self, images: torch.Tensor, task: int = 0, rec: Recorder = _noop) -> torch.Tensor:
+        """Class-token features [B, D], after the final norm when the model has one."""
+        f = self.tokens(images, task, rec)[:, 0]
+        if self.norm is not None:
+            f = self.norm(f)
+            rec("norm", f)
         return f
 
-    def forward(self, images: torch.Tensor, task: int = 0, rec: Recorder = _noop) -> torch.Tensor:
-        logits = self.head(self.features(images, task, rec))
+    def classify(self, features: torch.Tensor, rec: Recorder = _noop) -> torch.Tensor:
+        """Logits [B, classes] from features ([B, 0] for a model without a head)."""
+        if self.head is None:
+            return features[:, :0]
+        logits = self.head(features)
         rec("head", logits)
         return logits
+
+    def forward(self, images: torch.Tensor, task: int = 0, rec: Recorder = _noop) -> torch.Tensor:
+        return self.classify(self.features(images, task, rec), rec)
 
 
 def init_random(model: MoEViT, seed: int) -> MoEViT:

@@ -198,11 +198,18 @@ def calibrate(model: MoEViT, images: np.ndarray, task: int = 0,
         blocks.append(IntBlock(ln1, qkv, attention, proj, res1, ln2, mlp, res2))
         s_res = s_res2
 
-    s_norm = r.scale8("norm")
-    norm = make_layernorm(sd["norm.weight"], sd["norm.bias"], s_norm)
-    s_logits = r.scale16("head")
-    head = make_linear(sd["head.weight"], sd["head.bias"], s_norm, s_logits, out_bits=16)
-    return IntegerModel(cfg, task, s_in, s_norm, s_logits, embed, tuple(blocks), norm, head)
+    norm, s_feat = None, s_res  # without a final norm the features are the int16 class token
+    if cfg.final_norm:
+        s_feat = r.scale8("norm")
+        norm = make_layernorm(sd["norm.weight"], sd["norm.bias"], s_feat)
+    head, s_logits = None, 1.0
+    if cfg.num_classes:
+        if norm is None:
+            raise NumericsError(f"model {cfg.name!r}: a classification head needs the final norm (int8 "
+                                "features); set final_norm: true or num_classes: 0")
+        s_logits = r.scale16("head")
+        head = make_linear(sd["head.weight"], sd["head.bias"], s_feat, s_logits, out_bits=16)
+    return IntegerModel(cfg, task, s_in, s_feat, s_logits, embed, tuple(blocks), norm, head)
 
 
 @lru_cache(maxsize=8)

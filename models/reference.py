@@ -110,7 +110,7 @@ class IntBlock:
 
 @dataclass(frozen=True)
 class IntOutput:
-    features: np.ndarray  # int8 [B, D]: final-norm class token, scale IntegerModel.feature_scale
+    features: np.ndarray  # int8 [B, D]: final-norm class token (int16 without a final norm), scale IntegerModel.feature_scale
     logits: np.ndarray    # int16 [B, classes], scale IntegerModel.logit_scale
     routing: tuple[np.ndarray, ...] = ()  # per MoE layer: chosen experts [B, tokens, k]
 
@@ -124,8 +124,8 @@ class IntegerModel:
     logit_scale: float
     embed: IntEmbed
     blocks: tuple[IntBlock, ...]
-    norm: IntLayerNorm
-    head: IntLinear
+    norm: IntLayerNorm | None   # None: features are the int16 class token of the residual stream
+    head: IntLinear | None      # None: no classifier (logits have 0 columns)
 
     def quantize_images(self, images: np.ndarray) -> np.ndarray:
         """The boundary into the integer path: float images -> int8 (round half to even)."""
@@ -171,11 +171,15 @@ class IntegerModel:
         routing: list[np.ndarray] = []
         for i, blk in enumerate(self.blocks):
             h = self._block(i, blk, h, rec, routing)
-        cls = h[:, 0]
-        f = self.norm(cls)
-        rec("head", "norm", self.norm, (cls,), f)
-        logits = self.head(f)
-        rec("head", "head", self.head, (f,), logits)
+        f = h[:, 0]
+        if self.norm is not None:
+            cls, f = f, self.norm(f)
+            rec("head", "norm", self.norm, (cls,), f)
+        if self.head is not None:
+            logits = self.head(f)
+            rec("head", "head", self.head, (f,), logits)
+        else:
+            logits = np.zeros((b, 0), dtype=np.int64)
         return IntOutput(f, logits, tuple(routing))
 
     def _block(self, i: int, blk: IntBlock, x: np.ndarray, rec, routing: list) -> np.ndarray:
