@@ -87,6 +87,29 @@ def cmd_trace(args) -> dict:
     return {"model": ref.cfg.name, "task": args.task, "image": args.image, "ops": ops}
 
 
+def cmd_import(args) -> dict:
+    from accel.models.importer import import_checkpoint
+    size = None
+    if args.image_size:
+        try:
+            h, w = (int(v) for v in args.image_size.lower().split("x"))
+        except ValueError:
+            raise AccelError(f"--image-size {args.image_size!r} must look like 224x224") from None
+        size = (h, w)
+    res = import_checkpoint(Path(args.checkpoint), args.layout, args.name, args.heads, args.top_k, args.task,
+                            args.gate, size, Path(args.out), tuple(args.ignore)).to_json()
+    if not args.json:
+        print(f"imported {args.checkpoint} as {res['name']}: {res['yaml']}")
+        print(f"  {res['depth']} blocks, dim {res['dim']}, {res['heads']} heads, {res['tokens']} tokens, "
+              f"MoE blocks {res['moe_layers']} ({res['experts']} experts, top-{res['top_k']}, {res['tasks']} task gate(s))")
+        for n in res["notes"]:
+            print(f"  note: {n}")
+        if res["skipped"]:
+            print(f"  skipped on request: {', '.join(res['skipped'])}")
+        print(f"  use it as: accel eval --model {res['name']}")
+    return res
+
+
 def cmd_run(args) -> dict:
     """The main job on the bundled defaults, as far as it exists: evaluate float vs integer."""
     from accel.evaluate import evaluate
@@ -132,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--task", type=int, default=0)
     p.add_argument("--image", type=int, default=0, help="index into the evaluation set")
+    p = add("import", cmd_import, "import a timm ViT or M3ViT MoE-ViT checkpoint as a model")
+    p.add_argument("checkpoint", help=".pth/.pt state_dict (or a dict holding one under 'model'/'state_dict')")
+    p.add_argument("--layout", required=True, choices=["timm", "m3vit"])
+    p.add_argument("--name", required=True, help="the new model's name")
+    p.add_argument("--heads", type=int, default=None, help="attention heads (the checkpoint cannot tell)")
+    p.add_argument("--top-k", type=int, default=None, help="experts per token (MoE checkpoints)")
+    p.add_argument("--task", type=int, default=None, help="import only this task's gate (default: all)")
+    p.add_argument("--gate", default="vmoe", choices=["vmoe", "noisy"],
+                   help="vmoe: softmax over all experts then top-k; noisy: softmax over the top-k")
+    p.add_argument("--image-size", default=None, help="HxW when the patch grid is not square")
+    p.add_argument("--ignore", action="append", default=[], metavar="PREFIX",
+                   help="skip checkpoint keys starting with PREFIX (e.g. a task decoder); listed in the result")
+    p.add_argument("--out", default="build/models", help="folder for NAME/NAME.yaml and NAME.npz")
     p = add("run", cmd_run, "the main job on the bundled default model")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--out", default="build/run", help="report folder")

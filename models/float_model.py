@@ -254,9 +254,10 @@ def init_random(model: MoEViT, seed: int) -> MoEViT:
     return model
 
 
-def save_weights(model: MoEViT, path: Path) -> None:
-    """Weights as float16 in a compressed .npz keyed by parameter name."""
-    arrays = {k: v.detach().cpu().numpy().astype(np.float16) for k, v in model.state_dict().items()}
+def save_weights(model: MoEViT, path: Path, dtype=np.float16) -> None:
+    """Weights in a compressed .npz keyed by parameter name (float16 for the shipped zoo models:
+    the float model is then exactly those values; float32 for imported checkpoints)."""
+    arrays = {k: v.detach().cpu().numpy().astype(dtype) for k, v in model.state_dict().items()}
     np.savez_compressed(path, **arrays)
 
 
