@@ -46,6 +46,20 @@ def cmd_models(args) -> dict:
     return {"models": rows}
 
 
+def cmd_boards(args) -> dict:
+    from accel.boards import board_names, load_board
+    rows = [load_board(n).to_json() for n in board_names()]
+    if not args.json:
+        print(f"{'board':<12}{'part':<24}{'family':<7}{'flow':<9}{'LUT':>9}{'FF':>10}{'DSP':>6}  {'BRAM':<12}"
+              f"{'URAM':>5}{'MHz':>6}{'GB/s':>8}")
+        for b in rows:
+            r = b["resources"]
+            print(f"{b['name']:<12}{b['part']:<24}{b['family']:<7}{b['flow']:<9}{r['lut']:>9}{r['ff']:>10}"
+                  f"{r['dsp']:>6}  {str(r['bram']) + ' x ' + str(b['bram_kbits']) + 'Kb':<12}{r['uram']:>5}"
+                  f"{b['target_mhz']:>6.0f}{b['offchip_gb_per_s']:>8.2f}")
+    return {"boards": rows}
+
+
 def cmd_eval(args) -> dict:
     from accel.evaluate import evaluate
     res = evaluate(args.model, args.task, args.images, _progress(True)).to_json()
@@ -147,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("models", cmd_models, "list the model zoo")
+    add("boards", cmd_boards, "list the boards with their resources")
     p = add("eval", cmd_eval, "float model vs integer reference on held-out images")
     p.add_argument("--model", required=True, help="zoo name or path to a model .yaml")
     p.add_argument("--task", type=int, default=0, help="task gate (multi-task MoE models)")

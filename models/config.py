@@ -128,7 +128,7 @@ def imported_names() -> list[str]:
     return sorted(p.parent.name for p in IMPORTED_DIR.glob("*/*.yaml") if p.stem == p.parent.name)
 
 
-class _Fields:
+class FieldReader:
     """Reads a mapping field by field, naming the file and field path in every error."""
 
     def __init__(self, data: Any, file: str, prefix: str = ""):
@@ -161,13 +161,13 @@ class _Fields:
             raise self.err(key, f"{value!r} must be >= {minimum}")
         return value
 
-    def sub(self, key: str, optional: bool = False) -> "_Fields | None":
+    def sub(self, key: str, optional: bool = False) -> "FieldReader | None":
         self.used.add(key)
         if key not in self.data or self.data[key] is None:
             if optional:
                 return None
             raise self.err(key, "missing; add the section")
-        return _Fields(self.data[key], self.file, self.prefix + key + ".")
+        return FieldReader(self.data[key], self.file, self.prefix + key + ".")
 
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.used)
@@ -195,7 +195,7 @@ def load_config(name_or_path: str | Path) -> ModelConfig:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-    f = _Fields(raw, file)
+    f = FieldReader(raw, file)
     name = f.get("name", str)
     size = f.get("image_size", list)
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
