@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from accel.models.config import FieldReader
 from accel.models.errors import ConfigError
 
@@ -105,14 +103,8 @@ def load_board(name_or_path: str | Path) -> Board:
         if not path.exists():
             raise ConfigError(f"unknown board {str(name_or_path)!r}; boards/ has: {', '.join(board_names())} "
                               "(or pass a path to a board .yaml)")
-    elif not path.exists():
-        raise ConfigError(f"board file {str(path)!r} does not exist")
-    file = path.name
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-    f = FieldReader(raw, file)
+    f = FieldReader.from_file(path, "board")
+    file = f.file
     name = f.get("name", str)
     description = f.get("description", str, "")
     part = f.get("part", str)

@@ -139,6 +139,17 @@ class FieldReader:
         self.data = dict(data)
         self.used: set[str] = set()
 
+    @classmethod
+    def from_file(cls, path: Path, what: str) -> "FieldReader":
+        """Read a YAML mapping; a missing file or bad YAML is a ConfigError naming the file."""
+        if not path.exists():
+            raise ConfigError(f"{what} file {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path.name}: not valid YAML: {exc}") from None
+        return cls(raw, path.name)
+
     def err(self, key: str, msg: str) -> ConfigError:
         return ConfigError(f"{self.file}: field {self.prefix + key!r}: {msg}")
 
@@ -188,14 +199,7 @@ def load_config(name_or_path: str | Path) -> ModelConfig:
             extra = f"; imported in {IMPORTED_DIR}: {', '.join(imported)}" if imported else ""
             raise ConfigError(f"unknown model {str(name_or_path)!r}; the zoo has: {', '.join(zoo_names())}"
                               f"{extra} (or pass a path to a model .yaml)")
-    elif not path.exists():
-        raise ConfigError(f"model file {str(path)!r} does not exist")
-    file = path.name
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-    f = FieldReader(raw, file)
+    f = FieldReader.from_file(path, "model")
     name = f.get("name", str)
     size = f.get("image_size", list)
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
