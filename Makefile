@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.accel-installed
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench check-timm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python bench/reference.py --model m3vit-tiny-224
+
+# timm needs torchvision, whose PyPI wheels do not load beside the CPU torch 2.13.0 of .venv:
+# check the importer against timm's own forward in a separate venv (torch 2.14.1 + torchvision
+# 0.29.1, about 5.5 GB).
+check-timm:
+	test -x .venv-timm/bin/python || $(PYTHON) -m venv .venv-timm
+	.venv-timm/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	.venv-timm/bin/python -m pip install -q timm numpy pyyaml scikit-learn pytest
+	.venv-timm/bin/python -m pip install -q --no-deps -e .
+	.venv-timm/bin/python -m pytest -q tests/test_importer.py
 
 clean:
 	rm -rf build sim_build .pytest_cache
