@@ -1,0 +1,304 @@
+"""Integer LayerNorm unit: int16 rows in, int8 rows out, bit-exact with
+:class:`accel.models.intops.IntLayerNorm` (docs/numerics.md, "LayerNorm").
+
+Per row of C channels (C a multiple of the lane count L, C <= max_channels <= 1024)::
+
+    ingest  (C/L beats)  : row -> row buffer (two banks), S += sum(x), Q += sum(x*x)
+    stats   (~78/k cycles): var = C*Q - S*S; std = isqrt(var << 12) (restoring);
+                           f = floor(2**46 / max(std, 1)) (restoring division); k = stats_steps
+                           steps of each per cycle
+    emit    (C/L beats)  : yc = C*x - S; z = (yc*f + 2**29) >> 30;
+                           out = clamp8((z*mult[c] + offset[c] + 2**(shift-1)) >> shift)
+
+The next row is ingested into the other bank while the current one is in stats/emit, so a row
+costs max(C/L + 1, stats + C/L) cycles in steady state (cost model: ``layernorm_cycles``).
+
+Streams (amaranth.lib.stream, valid/ready everywhere):
+
+* ``c_i`` -- configuration: ``first`` starts a new layer; each beat carries L channels'
+  ``mult`` (signed 24) and ``offset`` (signed 48); the beat with ``first`` also carries
+  ``channels`` (C) and ``shift``. C/L beats; the unit must be idle (no row in flight).
+* ``x_i`` -- L int16 values per beat, ``last`` on the final beat of a row.
+* ``y_o`` -- L int8 values per beat, ``last`` on the final beat of a row.
+
+Widths (proved in docs/numerics.md): S < 2**25 (26 bits signed), Q < 2**40, var < 2**50,
+std < 2**31, f <= 2**40 (41 bits), yc < 2**26, |yc*f| < 2**46, |z| <= 2**15 (+1), z*mult < 2**40.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from accel.models.errors import AccelError
+from accel.models.intops import LN_MAX_CHANNELS, LN_MULT_LIMIT, LN_RECIP_BITS, LN_VAR_SHIFT, LN_Z_SHIFT
+
+__all__ = ["LayerNormParams", "LayerNormParamError", "LayerNormUnit", "config_layout", "x_layout", "y_layout",
+           "OFFSET_BITS", "MULT_BITS", "stats_cycles"]
+
+MULT_BITS = 24    # signed: |mult| < 2**23
+OFFSET_BITS = 48  # signed: |offset| < 2**47
+STD_BITS = 31     # isqrt(var << 12) < 2**31
+F_BITS = 41       # f = floor(2**46 / std) <= 2**40 (std >= 2**6 whenever var >= 1; std = 0 -> 2**46 unused)
+
+
+def stats_cycles(steps: int) -> int:
+    """Cycles from taking a row to DONE: isqrt (STD_BITS steps) and division (LN_RECIP_BITS + 1
+    steps), ``steps`` of each per cycle, plus the take cycle."""
+    return 1 + -(-STD_BITS // steps) + -(-(LN_RECIP_BITS + 1) // steps)
+
+
+class LayerNormParamError(AccelError, ValueError):
+    """A LayerNorm unit parameter is out of range; the message names the value and the fix."""
+
+
+@dataclass(frozen=True)
+class LayerNormParams:
+    lanes: int = 4             # channels per beat
+    max_channels: int = 256    # largest C this instance serves (row buffer depth)
+    stats_steps: int = 1       # isqrt / division steps per cycle (1-8): a row's statistics take
+                               # about 78 / stats_steps cycles, overlapped with the previous emit
+
+    def __post_init__(self):
+        for name, v, lo, hi in (("lanes", self.lanes, 1, 64), ("max_channels", self.max_channels, 1, LN_MAX_CHANNELS),
+                                ("stats_steps", self.stats_steps, 1, 8)):
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise LayerNormParamError(f"LayerNormParams.{name}={v!r}: must be an int in [{lo}, {hi}]")
+        if self.lanes & (self.lanes - 1):
+            raise LayerNormParamError(f"LayerNormParams.lanes={self.lanes!r}: must be a power of two (1, 2, 4, ...)")
+        if self.max_channels % self.lanes:
+            raise LayerNormParamError(f"LayerNormParams: max_channels={self.max_channels!r} is not a multiple of "
+                                      f"lanes={self.lanes!r}; round max_channels up to a multiple of lanes")
+
+    @property
+    def beats_max(self) -> int:
+        return self.max_channels // self.lanes
+
+
+def config_layout(p: LayerNormParams) -> data.StructLayout:
+    return data.StructLayout({"mult": data.ArrayLayout(signed(MULT_BITS), p.lanes),
+                              "offset": data.ArrayLayout(signed(OFFSET_BITS), p.lanes),
+                              "channels": unsigned(11), "shift": unsigned(6), "first": 1})
+
+
+def x_layout(p: LayerNormParams) -> data.StructLayout:
+    return data.StructLayout({"data": data.ArrayLayout(signed(16), p.lanes), "last": 1})
+
+
+def y_layout(p: LayerNormParams) -> data.StructLayout:
+    return data.StructLayout({"data": data.ArrayLayout(signed(8), p.lanes), "last": 1})
+
+
+class LayerNormUnit(wiring.Component):
+    def __init__(self, params: LayerNormParams | None = None, **kwargs):
+        if params is None:
+            params = LayerNormParams(**kwargs)
+        elif kwargs:
+            raise LayerNormParamError(f"LayerNormUnit: got both params={params!r} and keywords {sorted(kwargs)!r}")
+        if not isinstance(params, LayerNormParams):
+            raise LayerNormParamError(f"LayerNormUnit: params={params!r} is not a LayerNormParams")
+        self._params = params
+        super().__init__({
+            "c_i": In(stream.Signature(config_layout(params))),
+            "x_i": In(stream.Signature(x_layout(params))),
+            "y_o": Out(stream.Signature(y_layout(params))),
+        })
+
+    params = property(lambda self: self._params)
+
+    def elaborate(self, platform):
+        m = Module()
+        P = self._params
+        L, NB = P.lanes, P.beats_max
+
+        # ---------------------------------------------------------------- configuration
+        consts = Memory(shape=data.StructLayout({"mult": data.ArrayLayout(signed(MULT_BITS), L),
+                                                 "offset": data.ArrayLayout(signed(OFFSET_BITS), L)}),
+                        depth=NB, init=[])
+        m.submodules.consts = consts
+        cw = consts.write_port()
+        cr = consts.read_port()
+        channels = Signal(11)
+        beats = Signal(range(NB + 1))
+        shift = Signal(6)
+        cfg_addr = Signal(range(NB + 1))
+
+        # ---------------------------------------------------------------- row buffer (2 banks)
+        rows = Memory(shape=data.ArrayLayout(signed(16), L), depth=2 * NB, init=[])
+        m.submodules.rows = rows
+        rw = rows.write_port()
+        rr = rows.read_port()
+
+        # bank state: full[b] = bank b holds a row not yet emitted
+        full = Signal(2)
+        in_bank = Signal()      # bank the ingest writes
+        in_beat = Signal(range(NB + 1))
+        s_acc = Signal(signed(27))
+        q_acc = Signal(unsigned(42))
+        busy = Signal()         # a row is in stats/emit
+        idle = Signal()
+        pipe_busy = Signal()
+
+        # config beats are accepted only when idle
+        m.d.comb += self.c_i.ready.eq(idle)
+        m.d.comb += [cw.addr.eq(Mux(self.c_i.payload.first, 0, cfg_addr)),
+                     cw.data.mult.eq(self.c_i.payload.mult), cw.data.offset.eq(self.c_i.payload.offset),
+                     cw.en.eq(self.c_i.valid & self.c_i.ready)]
+        with m.If(self.c_i.valid & self.c_i.ready):
+            with m.If(self.c_i.payload.first):
+                m.d.sync += [channels.eq(self.c_i.payload.channels), shift.eq(self.c_i.payload.shift),
+                             beats.eq(self.c_i.payload.channels >> (L.bit_length() - 1)), cfg_addr.eq(1)]
+            with m.Else():
+                m.d.sync += cfg_addr.eq(cfg_addr + 1)
+
+        # ---------------------------------------------------------------- ingest
+        lane_sum = sum(self.x_i.payload.data[i] for i in range(L))
+        lane_sq = sum(self.x_i.payload.data[i] * self.x_i.payload.data[i] for i in range(L))
+        bank_free = ~full.bit_select(in_bank, 1)
+        stats_take = Signal()   # the stats engine takes the finished row this cycle
+        row_done = Signal()     # an ingested row waits for the stats engine
+        done_s = Signal(signed(27))
+        done_q = Signal(unsigned(42))
+        done_bank = Signal()
+        m.d.comb += [self.x_i.ready.eq(bank_free & ~row_done & ~self.c_i.valid),
+                     rw.addr.eq(Mux(in_bank, NB, 0) + in_beat),
+                     rw.data.eq(self.x_i.payload.data),
+                     rw.en.eq(self.x_i.valid & self.x_i.ready)]
+        with m.If(self.x_i.valid & self.x_i.ready):
+            with m.If(self.x_i.payload.last):
+                m.d.sync += [in_beat.eq(0), s_acc.eq(0), q_acc.eq(0), row_done.eq(1),
+                             done_s.eq(s_acc + lane_sum), done_q.eq(q_acc + lane_sq), done_bank.eq(in_bank),
+                             full.bit_select(in_bank, 1).eq(1), in_bank.eq(~in_bank)]
+            with m.Else():
+                m.d.sync += [in_beat.eq(in_beat + 1), s_acc.eq(s_acc + lane_sum), q_acc.eq(q_acc + lane_sq)]
+        with m.If(stats_take):
+            m.d.sync += row_done.eq(0)
+
+        # ---------------------------------------------------------------- stats engine
+        st_s = Signal(signed(27))
+        st_bank = Signal()
+        K = P.stats_steps
+        vsh = Signal(unsigned(62))       # var << 12 (< 2**62), consumed two bits per step from the top
+        root = Signal(unsigned(STD_BITS))
+        rem = Signal(unsigned(STD_BITS + 3))
+        nsh = Signal(unsigned(LN_RECIP_BITS + 1))     # the dividend 2**46, consumed one bit per step
+        quo = Signal(unsigned(LN_RECIP_BITS + 1))
+        drem = Signal(unsigned(STD_BITS + 1))
+        left = Signal(range(LN_RECIP_BITS + 2))       # steps left in the current phase
+        f_val = Signal(unsigned(F_BITS))
+        emit_go = Signal()               # stats done, the row may emit
+        emit_busy = Signal()
+
+        with m.FSM(name="stats"):
+            with m.State("IDLE"):
+                m.d.comb += stats_take.eq(row_done & ~emit_go)
+                with m.If(stats_take):
+                    var_c = (channels * done_q - done_s * done_s)
+                    m.d.sync += [st_s.eq(done_s), st_bank.eq(done_bank),
+                                 vsh.eq(var_c.as_unsigned()[:50] << LN_VAR_SHIFT),
+                                 root.eq(0), rem.eq(0), left.eq(STD_BITS)]
+                    m.next = "SQRT"
+            with m.State("SQRT"):
+                # restoring square root, K steps per cycle; a step takes the next two bits
+                r_, q_, v_ = rem, root, vsh
+                for j in range(K):   # named signals per step keep the netlist linear in K
+                    trial_rem = Cat(v_[60:62], r_[:STD_BITS + 1])   # (rem << 2) | next two bits
+                    trial = Cat(Const(1, 2), q_)                    # (root << 2) | 1
+                    ge = trial_rem >= trial
+                    act = left > j
+                    r_n = Signal.like(rem, name=f"sq_rem{j}")
+                    q_n = Signal.like(root, name=f"sq_root{j}")
+                    v_n = Signal.like(vsh, name=f"sq_v{j}")
+                    m.d.comb += [r_n.eq(Mux(act, Mux(ge, trial_rem - trial, trial_rem), r_)),
+                                 q_n.eq(Mux(act, Cat(ge, q_[:STD_BITS - 1]), q_)),
+                                 v_n.eq(Mux(act, (v_ << 2)[:62], v_))]
+                    r_, q_, v_ = r_n, q_n, v_n
+                m.d.sync += [rem.eq(r_), root.eq(q_), vsh.eq(v_)]
+                with m.If(left <= K):
+                    m.d.sync += [nsh.eq(1 << LN_RECIP_BITS), quo.eq(0), drem.eq(0), left.eq(LN_RECIP_BITS + 1)]
+                    m.next = "DIV"
+                with m.Else():
+                    m.d.sync += left.eq(left - K)
+            with m.State("DIV"):
+                # restoring division of 2**46 by max(root, 1), K quotient bits per cycle
+                divisor = Mux(root == 0, 1, root)
+                d_, q_, n_ = drem, quo, nsh
+                for j in range(K):
+                    t = Cat(n_[LN_RECIP_BITS], d_[:STD_BITS])
+                    ge = t >= divisor
+                    act = left > j
+                    d_n = Signal.like(drem, name=f"dv_rem{j}")
+                    q_n = Signal.like(quo, name=f"dv_quo{j}")
+                    n_n = Signal.like(nsh, name=f"dv_num{j}")
+                    m.d.comb += [d_n.eq(Mux(act, Mux(ge, t - divisor, t), d_)),
+                                 q_n.eq(Mux(act, Cat(ge, q_[:LN_RECIP_BITS]), q_)),
+                                 n_n.eq(Mux(act, (n_ << 1)[:LN_RECIP_BITS + 1], n_))]
+                    d_, q_, n_ = d_n, q_n, n_n
+                m.d.sync += [drem.eq(d_), quo.eq(q_), nsh.eq(n_)]
+                with m.If(left <= K):
+                    m.next = "DONE"
+                with m.Else():
+                    m.d.sync += left.eq(left - K)
+            with m.State("DONE"):
+                with m.If(~emit_busy):
+                    m.d.sync += [f_val.eq(quo[:F_BITS]), emit_go.eq(1)]
+                    m.next = "IDLE"
+
+        # ---------------------------------------------------------------- emit pipeline
+        # stage R: issue reads (row buffer + constants); stage A: yc*f; stage B: z*mult+offset;
+        # stage C: round, shift, clamp -> output register. A global stall holds every stage.
+        out_valid = Signal()
+        stall = out_valid & ~self.y_o.ready
+        e_s = Signal(signed(27))
+        e_f = Signal(unsigned(F_BITS))
+        e_bank = Signal()
+        e_beat = Signal(range(NB + 1))
+        e_issue = Signal()
+        a_valid, a_last = Signal(), Signal()
+        b_valid, b_last = Signal(), Signal()
+        z = [Signal(signed(18), name=f"z{i}") for i in range(L)]   # |z| <= 2**15 + 1
+        t = [Signal(signed(50), name=f"t{i}") for i in range(L)]   # |z*mult| < 2**41, |offset| < 2**47
+        a_mult = Signal(data.ArrayLayout(signed(MULT_BITS), L))
+        a_off = Signal(data.ArrayLayout(signed(OFFSET_BITS), L))
+        out_data = Signal(data.ArrayLayout(signed(8), L))
+        out_last = Signal()
+
+        with m.If(emit_go & ~emit_busy):
+            m.d.sync += [emit_busy.eq(1), emit_go.eq(0), e_s.eq(st_s), e_f.eq(f_val), e_bank.eq(st_bank),
+                         e_beat.eq(0)]
+        m.d.comb += e_issue.eq(emit_busy & (e_beat < beats) & ~stall)
+        m.d.comb += [rr.addr.eq(Mux(e_bank, NB, 0) + e_beat), rr.en.eq(~stall),
+                     cr.addr.eq(e_beat), cr.en.eq(~stall)]
+        r_valid, r_last = Signal(), Signal()
+        with m.If(~stall):
+            m.d.sync += [r_valid.eq(e_issue), r_last.eq(e_issue & (e_beat == beats - 1))]
+            with m.If(e_issue):
+                m.d.sync += e_beat.eq(e_beat + 1)
+                with m.If(e_beat == beats - 1):
+                    m.d.sync += [emit_busy.eq(0), full.bit_select(e_bank, 1).eq(0)]
+            # stage A: z = (yc * f + 2**29) >> 30
+            m.d.sync += [a_valid.eq(r_valid), a_last.eq(r_last), a_mult.eq(cr.data.mult), a_off.eq(cr.data.offset)]
+            for i in range(L):
+                yc = channels * rr.data[i] - e_s
+                prod = yc * e_f
+                m.d.sync += z[i].eq((prod + (1 << (LN_Z_SHIFT - 1))) >> LN_Z_SHIFT)
+            # stage B: t = z * mult + offset
+            m.d.sync += [b_valid.eq(a_valid), b_last.eq(a_last)]
+            for i in range(L):
+                m.d.sync += t[i].eq(z[i] * a_mult[i] + a_off[i])
+            # stage C: round, shift, clamp
+            m.d.sync += [out_valid.eq(b_valid), out_last.eq(b_last)]
+            half = (Const(1, 64) << shift) >> 1
+            for i in range(L):
+                v = (t[i] + half) >> shift
+                m.d.sync += out_data[i].eq(Mux(v > 127, 127, Mux(v < -128, -128, v[:8])))
+        m.d.comb += [self.y_o.valid.eq(out_valid), self.y_o.payload.data.eq(out_data),
+                     self.y_o.payload.last.eq(out_last)]
+        m.d.comb += [pipe_busy.eq(emit_busy | emit_go | r_valid | a_valid | b_valid | out_valid | row_done),
+                     idle.eq((full == 0) & (in_beat == 0) & ~pipe_busy)]
+        # the row's bank frees when its last beat is issued (reads are done by then); a stalled
+        # output keeps every register, including the read data (rr.en / cr.en low)
+        return m

@@ -1,0 +1,32 @@
+"""Cost model of the LayerNorm unit (hdl/layernorm.py): cycles per layer call, following the
+unit's handshakes row by row (no backpressure, inputs always valid):
+
+    ingest(r): C/L beats into a free bank, once the stats engine took row r-1
+    take(r)  = max(ingest end, stats engine free)          stats: stats_cycles(k) to DONE
+    emit(r)  = max(stats done + 2, emit end of row r-1)     C/L beats, then 4 pipeline stages
+The configuration (C/L beats) precedes the first row. Checked against RTL simulation in
+tests/test_layernorm_unit.py (within 5%).
+"""
+from __future__ import annotations
+
+from .layernorm import LayerNormParams, stats_cycles
+
+__all__ = ["layernorm_cycles"]
+
+
+def layernorm_cycles(rows: int, channels: int, params: LayerNormParams, config: bool = True) -> int:
+    beats = channels // params.lanes
+    t = beats if config else 0
+    ingest_end_prev, take_prev, emit_end = t, -1, [0, 0]   # emit_end per bank parity
+    stats_free, emit_end_prev = 0, 0
+    for r in range(rows):
+        start = max(ingest_end_prev, take_prev + 1, emit_end[r % 2])
+        ingest_end = start + beats
+        take = max(ingest_end, stats_free)
+        done = take + stats_cycles(params.stats_steps)
+        emit_start = max(done + 2, emit_end_prev)
+        stats_free = emit_start
+        emit_end_prev = emit_start + beats
+        emit_end[r % 2] = emit_end_prev
+        ingest_end_prev, take_prev = ingest_end, take
+    return emit_end_prev + 4 if rows else t
