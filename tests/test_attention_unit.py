@@ -1,0 +1,196 @@
+"""Attention kernel in the Amaranth simulator (no cocotb): datapath, cycle count, framing errors,
+parameter validation. Small shapes only (Python runs every cycle)."""
+import math
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from accel.hdl.attention import AttentionKernel, AttentionParamError, AttentionParams
+from accel.hdl.attention_cost import (CostModelError, attention_cycles, attention_passes,
+                                      attention_resources)
+from accel.models.intops import IntAttention, dyadic
+from accel.models.quantize import make_exp
+from accel.sim.attention_runner import attention_job
+from accel.sim.attention_tb import Scoreboard
+from accel.sim.linear_runner import pack_beats
+
+INPUTS = ("cfg", "q", "k", "v")
+
+
+def make_op(heads, dh, s_q=0.05, s_k=0.05, s_v=0.03, s_o=0.025):
+    em, es = make_exp(s_q * s_k / math.sqrt(dh))
+    om, ok = dyadic(s_v / s_o)
+    return IntAttention(heads, em, es, om, 24 + ok)
+
+
+def amaranth_run(params, job, stalls=False, seed=0, beats=None, max_cycles=None):
+    """Drive a job through the Amaranth simulator; returns (output beats, cycles, error flag)."""
+    dut = AttentionKernel(params)
+    beats = beats or job["beats"]
+    rng = random.Random(seed)
+    out = {"beats": [], "last": -1, "error": 0}
+    n_exp = Scoreboard(job).n_expected()
+    limit = max_cycles or (job["predicted"] * 6 + 500)
+
+    async def tb(ctx):
+        ports = {n: getattr(dut, f"{n}_i") for n in INPUTS}
+        idx = {n: 0 for n in INPUTS}
+        cyc = 0
+        while len(out["beats"]) < n_exp and cyc < limit:
+            offered = {}
+            for n, port in ports.items():
+                off = idx[n] < len(beats[n]) and (not stalls or rng.random() < 0.7)
+                ctx.set(port.valid, int(off))
+                if off:
+                    ctx.set(port.payload.as_value(), beats[n][idx[n]])
+                offered[n] = off
+            rdy = (not stalls) or rng.random() < 0.7
+            ctx.set(dut.o_o.ready, int(rdy))
+            took = {n: offered[n] and ctx.get(ports[n].ready) for n in INPUTS}
+            if rdy and ctx.get(dut.o_o.valid):
+                out["beats"].append(ctx.get(dut.o_o.payload.as_value()))
+                out["last"] = cyc
+            await ctx.tick()
+            for n in INPUTS:
+                idx[n] += int(bool(took[n]))
+            cyc += 1
+        out["error"] = ctx.get(dut.error)
+        out["left"] = {n: len(beats[n]) - idx[n] for n in INPUTS}
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    return out["beats"], out["last"] + 1, out["error"], out["left"]
+
+
+def check(params, op, q, k, v, stalls=False, seed=0):
+    job = attention_job(op, q, k, v, params, stalls=stalls, seed=seed)
+    beats, cycles, err, left = amaranth_run(params, job, stalls=stalls, seed=seed)
+    res = Scoreboard(job).check(beats)
+    assert res["errors"] == [], res["errors"]
+    assert err == 0
+    assert all(x == 0 for x in left.values()), left
+    assert res["mismatches"] == 0, res["first_mismatch"]
+    assert np.array_equal(res["got"], op(q, k, v))
+    return job, cycles
+
+
+P1 = AttentionParams(p=2, t_a=4, heads=2, n_a=2, max_seq=12, head_dim=8)
+
+
+def test_random_two_groups_partial_pass_exact_cycles():
+    rng = np.random.default_rng(1)
+    op = make_op(3, 8)                      # 3 heads on a 2-head kernel: two groups, one padded
+    q, k, v = (rng.integers(-128, 128, (7, 24)) for _ in range(3))   # 7 = 4 + 3: short last pass
+    job, cycles = check(P1, op, q, k, v)
+    assert cycles == job["predicted"] == attention_cycles(7, 3, 8, P1)
+
+
+def test_extremes_ties_and_stalls():
+    op = make_op(2, 8, s_q=0.5, s_k=0.5)
+    q = np.full((5, 16), -128)
+    k = np.full((9, 16), -128)              # every score the maximum 8 * 2**14: all equal
+    k[3] = 127
+    v = np.where(np.arange(16) % 2, 127, -128) * np.ones((9, 1), np.int64)
+    check(P1, op, q, k, v, stalls=True, seed=3)
+    rng = np.random.default_rng(2)
+    q2 = rng.integers(-128, 128, (4, 16))
+    k2 = np.repeat(rng.integers(-128, 128, (3, 16)), 3, axis=0)   # maxima repeat
+    v2 = rng.integers(-128, 128, (9, 16))
+    check(P1, make_op(2, 8), q2, k2, v2, stalls=True, seed=4)
+
+
+def test_exp_shift_zero_and_large_out_shift():
+    rng = np.random.default_rng(5)
+    P = AttentionParams(p=3, t_a=8, heads=1, n_a=1, max_seq=6, head_dim=8)
+    q, k, v = (rng.integers(-128, 128, (5, 8)) for _ in range(3))
+    check(P, IntAttention(1, 3, 0, 20000, 30), q, k, v)        # exp_shift 0: u = D * 3
+    check(P, IntAttention(1, 32767, 62, 32767, 62), q, k, v)   # u = 0 everywhere, out 0
+
+
+def test_framing_error_flag():
+    """first/last on an input beat that disagree with the descriptor's counts set `error`."""
+    from accel.hdl.attention import attention_layouts
+    rng = np.random.default_rng(6)
+    op = make_op(2, 8)
+    q, k, v = (rng.integers(-128, 128, (3, 16)) for _ in range(3))
+    job = attention_job(op, q, k, v, P1, stalls=False)
+    _, _, err, _ = amaranth_run(P1, job)
+    assert err == 0
+    for stream, beat, fld in (("k", 0, "first"), ("v", -1, "last"), ("q", 1, "first")):
+        off = {n: f.offset for n, f in attention_layouts(P1)[stream]}[fld]
+        bad = {n: list(b) for n, b in job["beats"].items()}
+        bad[stream][beat] ^= 1 << off
+        _, _, err, _ = amaranth_run(P1, job, beats=bad)
+        assert err == 1, (stream, beat, fld)
+
+
+def test_bad_descriptor_is_dropped_with_error():
+    rng = np.random.default_rng(7)
+    op = make_op(2, 8)
+    q, k, v = (rng.integers(-128, 128, (3, 16)) for _ in range(3))
+    job = attention_job(op, q, k, v, P1, stalls=False)
+    from accel.hdl.attention import attention_layouts
+    L = attention_layouts(P1)
+    badcfg = pack_beats(L["cfg"], 1, {"exp_mult": 1, "exp_shift": 1, "out_mult": 1,
+                                      "out_shift": 1, "n_q": 13, "n_k": 3})   # 13 > max_seq
+    beats = dict(job["beats"], cfg=badcfg + job["beats"]["cfg"])
+    got, _, err, left = amaranth_run(P1, job, beats=beats)
+    assert err == 1
+    res = Scoreboard(job).check(got)
+    assert res["mismatches"] == 0 and all(x == 0 for x in left.values())
+
+
+@pytest.mark.parametrize("kw, frag", [
+    ({"t_a": 3, "head_dim": 8}, "t_a=3"),
+    ({"p": 0}, "p=0"),
+    ({"max_seq": 2000}, "max_seq=2000"),
+    ({"heads": 1.5}, "heads=1.5"),
+    ({"n_a": True}, "n_a=True"),
+    ({"p": 64, "t_a": 16, "heads": 8, "head_dim": 64}, "MACs exceeds"),
+])
+def test_params_validation(kw, frag):
+    with pytest.raises(AttentionParamError, match=frag.replace(".", r"\.")):
+        AttentionParams(**kw)
+
+
+def test_params_read_only_and_derived():
+    P = AttentionParams(p=4, t_a=16, heads=3, n_a=2, max_seq=197, head_dim=64)
+    with pytest.raises(Exception):
+        P.p = 5
+    k = AttentionKernel(P)
+    k._MustUse__silence = True      # built only to check the read-only property
+    with pytest.raises(AttributeError):
+        k.params = P1
+    assert (P.chunks, P.slots, P.lanes, P.score_bits) == (4, 8, 24, 22)
+    assert attention_passes(20, P) == [8, 8, 4]
+    with pytest.raises(CostModelError, match="head_dim=32"):
+        attention_cycles(10, 3, 32, P)
+    with pytest.raises(CostModelError, match="max_seq"):
+        attention_cycles(300, 3, 64, P)
+    with pytest.raises(CostModelError, match="family='ice40'"):
+        attention_resources(P, "ice40")
+    r = attention_resources(P, "xcup")
+    assert r["dsp"] > 0 and r["bram"] >= 2
+
+
+def test_job_validation_errors_name_value_and_fix():
+    from accel.models.errors import NumericsError, ShapeError
+    from accel.sim.attention_runner import AttentionResult  # noqa: F401  (public API)
+    rng = np.random.default_rng(8)
+    op = make_op(2, 8)
+    q = rng.integers(-128, 128, (5, 16))
+    with pytest.raises(ShapeError, match=r"head_dim=16 .*AttentionParams\(head_dim=16\)"):
+        attention_job(make_op(1, 16), q, q, q, P1)
+    with pytest.raises(ShapeError, match=r"13 queries .*max_seq>=13"):
+        big = rng.integers(-128, 128, (13, 16))
+        attention_job(op, big, big, big, P1)
+    with pytest.raises(NumericsError, match=r"q values \[.*200\] are not int8"):
+        attention_job(op, np.full((2, 16), 200), q, q, P1)
+    with pytest.raises(NumericsError, match="dtype float64"):
+        attention_job(op, q.astype(float), q, q, P1)
+    with pytest.raises(ShapeError, match="do not agree"):
+        attention_job(op, q, q, q[:3], P1)
