@@ -13,6 +13,7 @@ import numpy as np
 from accel.models.errors import AccelError
 
 DEFAULT_MODEL = "digits-moe"
+DEFAULT_BOARD = "ulx3s-85f"
 
 
 def _progress(enabled: bool):
@@ -174,28 +175,45 @@ def cmd_dse(args) -> dict:
 
 
 def cmd_run(args) -> dict:
-    """The main job on the bundled defaults, as far as it exists: evaluate float vs integer."""
+    """The main job on the bundled defaults, as far as it exists: evaluate float vs integer, then
+    search the design space for the board, and write the report folder."""
+    from accel.boards import load_board
+    from accel.dse import heuristic_search
     from accel.evaluate import evaluate
+    from accel.models.config import load_config
+    from accel.plots import pareto_plot
     say = _progress(True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    say("step 1/2: float model vs integer reference")
     ev = evaluate(args.model, 0, None, say).to_json()
-    report = {"model": args.model, "eval": ev, "seconds": round(time.perf_counter() - t0, 2),
-              "stages_not_yet_built": ["dse", "rtl simulation", "bitstream"]}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    lines = [f"# accel run: {args.model}", "", "| metric | value |", "|---|---|"]
-    for k, v in ev.items():
-        lines.append(f"| {k} | {v} |")
+    say(f"step 2/2: design search for {args.board}")
+    cfg, board = load_config(args.model), load_board(args.board)
+    res = heuristic_search(cfg, board, progress=say)
+    dse = {**performance_json(res.best, board), "evaluations": res.evaluations, "seconds": round(res.seconds, 3)}
+    pareto_plot(res, str(out / "pareto.png"), f"{cfg.name} on {board.name}")
+    report = {"model": args.model, "board": args.board, "eval": ev, "dse": dse,
+              "seconds": round(time.perf_counter() - t0, 2),
+              "stages_not_yet_built": ["rtl simulation through the host driver", "bitstream"]}
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=_jsonable))
+    lines = [f"# accel run: {args.model} on {args.board}", "", "## Float vs integer", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in ev.items()]
+    lines += ["", "## Design search (predictions)", "", dse["basis"], "",
+              f"- {dse['fps']} FPS at batch 1, {dse['latency_ms']} ms, {dse['gops']} GOPS, DSP efficiency {dse['dsp_efficiency']}",
+              f"- binding resource: {dse['binding']}", "", "| resource | used | available |", "|---|---|---|"]
+    lines += [f"| {k} | {r['used']:.0f} | {r['available']} |" for k, r in dse["resources"].items()]
+    lines += ["", "![Pareto fronts](pareto.png)"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     report["report_dir"] = str(out)
     if not args.json:
-        print(f"accel run: {args.model}")
+        print(f"accel run: {args.model} on {args.board}")
         if ev["fp_accuracy"] is not None:
             print(f"  float accuracy {ev['fp_accuracy']:.4f}, integer accuracy {ev['int_accuracy']:.4f} "
                   f"on {ev['samples']} held-out images")
         print(f"  feature cosine {ev['cosine']:.5f}, top-1 agreement {ev['top1_agreement']}")
-        print(f"  report: {out / 'report.json'}, {out / 'report.md'}")
+        print(f"  design: {dse['fps']:.1f} FPS predicted at {res.best.design.clock_mhz:g} MHz, binding {dse['binding']}")
+        print(f"  report: {out / 'report.json'}, {out / 'report.md'}, {out / 'pareto.png'}")
     return report
 
 
@@ -239,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency: FPS at batch 1; throughput: attention and linear kernels overlapped")
     p.add_argument("--exhaustive", action="store_true", help="evaluate every design of the space")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="explored designs and the Pareto fronts")
-    p = add("run", cmd_run, "the main job on the bundled default model")
+    p = add("run", cmd_run, "the main job on the bundled default model and board")
     p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--board", default=DEFAULT_BOARD)
     p.add_argument("--out", default="build/run", help="report folder")
     return ap
 

@@ -39,3 +39,10 @@ def test_unknown_model_is_an_error_with_status_2(capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "accel.cli", "models"], capture_output=True, text=True, check=True)
     assert "m3vit-tiny-224" in out.stdout
+
+
+def test_run_writes_the_report_folder(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path), "--json"]) == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["eval"]["int_accuracy"] > 0.95 and rep["dse"]["fps"] > 0
+    assert (tmp_path / "report.md").exists() and (tmp_path / "pareto.png").stat().st_size > 10_000
