@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -U pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@# Icarus Verilog, the second simulator (Debian package; needs root). Without it the Icarus
+	@# tests skip and say why.
+	@command -v iverilog >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && apt-get install -y -qq iverilog >/dev/null; } || \
+	  echo "note: iverilog could not be installed; the Icarus tests will be skipped"
 	touch $(STAMP)
 
 setup: $(STAMP)

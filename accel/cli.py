@@ -174,6 +174,60 @@ def cmd_dse(args) -> dict:
     return out
 
 
+def _sim_trace(args):
+    from accel.models.data import eval_set
+    from accel.models.quantize import load_reference
+    ref = load_reference(args.model, args.task)
+    data = eval_set(ref.cfg, args.image + 1)
+    if args.image >= len(data.images):
+        raise AccelError(f"--image {args.image} is out of range: the evaluation set of {ref.cfg.name!r} "
+                         f"has {len(data.images)} images")
+    return ref, ref.trace(ref.quantize_images(data.images[args.image:args.image + 1]))
+
+
+def _layer_filter(layers: list[str] | None):
+    if not layers:
+        return lambda layer: True
+    want = {str(v) for v in layers}
+    return lambda layer: str(layer) in want
+
+
+def _sim_summary(kind: str, model: str, results: list, simulator: str) -> dict:
+    ops = [{"op": r.name, "ok": r.ok, "checked": int(np.prod(r.expected_shape)) if r.checked else 0,
+            "mismatches": r.mismatches, "cycles": r.cycles, "predicted_cycles": r.predicted_cycles,
+            "first_mismatch": r.first_mismatch, "error": r.error, "waveform": r.waveform} for r in results]
+    return {"kernel": kind, "model": model, "simulator": simulator, "ops": len(ops),
+            "checked": sum(o["checked"] for o in ops), "mismatches": sum(o["mismatches"] for o in ops),
+            "failed_ops": [o["op"] for o in ops if not o["ok"]],
+            "cycles": sum(o["cycles"] for o in ops), "predicted_cycles": sum(o["predicted_cycles"] for o in ops),
+            "details": ops}
+
+
+def cmd_sim_linear(args) -> dict:
+    from accel.hdl.linear import LinearParams
+    from accel.sim.linear_runner import run_jobs, trace_jobs
+    ref, tr = _sim_trace(args)
+    cfg = ref.cfg
+    keep = _layer_filter(args.layer)
+    tr.records = [r for r in tr.records if keep(r.layer)]
+    d_ins = [cfg.patch_features, cfg.dim, cfg.mlp_hidden] + ([cfg.moe.expert_hidden] if cfg.moe else [])
+    d_outs = [3 * cfg.dim, cfg.mlp_hidden, max(cfg.num_classes, 1)] + ([cfg.moe.expert_hidden, cfg.moe.experts] if cfg.moe else [])
+    params = LinearParams(t_in=args.t_in, t_out=args.t_out, n_lanes=args.lanes, max_d_in=max(d_ins),
+                          max_d_out=max(d_outs), max_tokens=cfg.tokens, expert=cfg.moe is not None)
+    jobs = trace_jobs(tr, params, stalls=not args.no_stalls)
+    if not jobs:
+        raise AccelError(f"no linear op of {cfg.name!r} matches --layer {args.layer}")
+    _progress(True)(f"simulating {len(jobs)} linear ops of {cfg.name} on {args.simulator}")
+    results = run_jobs(jobs, params, simulator=args.simulator)
+    out = _sim_summary("linear", cfg.name, results, args.simulator) | {"params": params.as_dict()}
+    if not args.json:
+        for r in results:
+            print(r.describe())
+        print(f"{out['ops']} ops, {out['checked']} integers checked, {out['mismatches']} mismatches, "
+              f"{out['cycles']} cycles (model {out['predicted_cycles']})")
+    return out
+
+
 def cmd_run(args) -> dict:
     """The main job on the bundled defaults, as far as it exists: evaluate float vs integer, then
     search the design space for the board, and write the report folder."""
@@ -250,6 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore", action="append", default=[], metavar="PREFIX",
                    help="skip checkpoint keys starting with PREFIX (e.g. a task decoder); listed in the result")
     p.add_argument("--out", default="build/models", help="folder for NAME/NAME.yaml and NAME.npz")
+    sim = sub.add_parser("sim", help="run a model's ops through the generated RTL, bit for bit against the reference")
+    sim_sub = sim.add_subparsers(dest="kernel", required=True)
+
+    def add_sim(name, fn, help_):
+        q = sim_sub.add_parser(name, help=help_, description=help_)
+        q.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        q.add_argument("--model", required=True)
+        q.add_argument("--task", type=int, default=0)
+        q.add_argument("--image", type=int, default=0, help="index into the evaluation set")
+        q.add_argument("--layer", action="append", default=None,
+                       help="only this layer (a block index, 'embed' or 'head'); repeatable")
+        q.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
+        q.add_argument("--no-stalls", action="store_true", help="no random valid/ready stalls")
+        q.set_defaults(fn=fn, command=f"sim {name}")
+        return q
+
+    q = add_sim("linear", cmd_sim_linear, "the model's linear ops through the linear kernel")
+    q.add_argument("--t-in", type=int, default=8)
+    q.add_argument("--t-out", type=int, default=8)
+    q.add_argument("--lanes", type=int, default=2)
     p = add("dse", cmd_dse, "design-space search: the best design for a model on a board")
     p.add_argument("--board", required=True)
     p.add_argument("--model", required=True)

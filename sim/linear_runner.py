@@ -377,10 +377,10 @@ def trace_jobs(trace, params: LinearParams, stalls: bool = True, expert_mode: bo
     """Jobs for every linear op of a reference trace (accel.models.reference.Trace).
 
     Each IntLinear record becomes a dense job named "<layer>/<name>" on its recorded input (an
-    expert's fc1/fc2 on its gathered rows); with ``expert_mode`` each IntMoE record also becomes
+    expert's fc1/fc2 on its gathered rows), each IntGate record a dense job of its logits; with ``expert_mode`` each IntMoE record also becomes
     an expert job (the experts' fc2 inputs scattered with the gate weights, then the combine),
     named "<layer>/moe". Every job's reference is checked against the traced output tensor."""
-    from accel.models.intops import IntMoE
+    from accel.models.intops import IntGate, IntMoE
     jobs = []
     for rec in trace.records:
         name = f"{rec.layer}/{rec.name}"
@@ -388,6 +388,10 @@ def trace_jobs(trace, params: LinearParams, stalls: bool = True, expert_mode: bo
             x = np.asarray(rec.inputs[0]).reshape(-1, rec.op.d_in)
             job = dense_job(rec.op, x, params, name=name, stalls=stalls, seed=seed + len(jobs))
             out = np.asarray(rec.output).reshape(job["expected"].shape)
+        elif isinstance(rec.op, IntGate):   # the gate's logits are a linear op (int16 out)
+            x = np.asarray(rec.inputs[0]).reshape(-1, rec.op.linear.d_in)
+            job = dense_job(rec.op.linear, x, params, name=name, stalls=stalls, seed=seed + len(jobs))
+            out = np.asarray(rec.output.logits).reshape(job["expected"].shape)
         elif isinstance(rec.op, IntMoE) and expert_mode and params.expert:
             moe = rec.op
             gate = trace.get(rec.layer, "gate").output
@@ -411,11 +415,8 @@ def trace_jobs(trace, params: LinearParams, stalls: bool = True, expert_mode: bo
 
 # ------------------------------------------------------------------------------ running
 def build_root() -> Path:
-    """build/ under the repository (or $ACCEL_BUILD_DIR)."""
-    env = os.environ.get("ACCEL_BUILD_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "build"
+    """build/ under the current directory: generated RTL, simulator builds and waveforms."""
+    return Path("build").resolve()
 
 
 def _verilator_bin() -> Path | None:

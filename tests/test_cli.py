@@ -46,3 +46,12 @@ def test_run_writes_the_report_folder(tmp_path, capsys):
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["eval"]["int_accuracy"] > 0.95 and rep["dse"]["fps"] > 0
     assert (tmp_path / "report.md").exists() and (tmp_path / "pareto.png").stat().st_size > 10_000
+
+
+def test_sim_linear_cli_one_layer(capsys):
+    """`accel sim linear` on one MoE block of digits-moe (same kernel build as test_linear_digits)."""
+    assert main(["sim", "linear", "--model", "digits-moe", "--layer", "3", "--no-stalls", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mismatches"] == 0 and out["checked"] > 5000 and not out["failed_ops"]
+    assert {"3/qkv", "3/proj", "3/gate", "3/moe"} <= {d["op"] for d in out["details"]}
+    assert out["cycles"] == out["predicted_cycles"]   # no stalls: the cycle model is exact
