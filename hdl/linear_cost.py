@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from accel.models.errors import AccelError
 
 from .linear import LinearParams
+from .resources import bram_blocks, mul_dsp
 
 __all__ = ["linear_cycles", "expert_cycles", "schedule_cycles", "linear_resources",
            "LinearResources", "FAMILIES", "CostModelError"]
@@ -133,34 +134,12 @@ class LinearResources:
                 "bram": self.bram}
 
 
-def _mul_dsp(a: int, b: int, family: str) -> int:
-    """DSP blocks Yosys uses for an a x b signed multiplier (a, b include the sign bit)."""
-    x, y = max(a, b), min(a, b)
-    if y <= 2:
-        return 0
-    if family == "xcup":        # DSP48E2: 27 x 18 signed; wider operands split in 26/17-bit parts
-        return 1 if (x <= 27 and y <= 18) else -(-x // 26) * -(-y // 17)
-    return -(-x // 18) * -(-y // 18)     # ECP5 MULT18X18D
-
-
 def _memories(p: LinearParams) -> list[tuple[str, int, int, int]]:
     """(name, depth, width, read ports) of the kernel's memories, as the RTL declares them."""
     mems = [("weights", 2 << p.k_bits, p.t_out * p.t_in * 8, 1), ("gelu", 256, 8, p.t_out)]
     if p.expert:
         mems.append(("expert_acc", (1 << p.tile_bits) << p.tok_bits, p.t_out * p.moe_acc_bits, 1))
     return mems
-
-
-def _bram_blocks(depth: int, width: int, family: str) -> float:
-    if family == "xcup":     # RAMB36E2 (SDP up to 512x72) or half-size RAMB18E2 (512x36)
-        b36 = min(-(-depth // d) * -(-width // w) for d, w in
-                  ((512, 72), (1024, 36), (2048, 18), (4096, 9), (8192, 4), (16384, 2), (32768, 1)))
-        b18 = min(-(-depth // d) * -(-width // w) for d, w in
-                  ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)))
-        return min(float(b36), 0.5 * b18)
-    # ECP5 DP16KD: 512x36 (pseudo dual port), 1024x18, 2048x9, 4096x4, 8192x2, 16384x1
-    return float(min(-(-depth // d) * -(-width // w) for d, w in
-                     ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))))
 
 
 def memory_map(p: LinearParams, family: str) -> dict:
@@ -181,12 +160,12 @@ def memory_map(p: LinearParams, family: str) -> dict:
             elif depth <= 64:
                 out[name] = ("lutram", 8 * -(-width // 7) * ports)
             else:
-                out[name] = ("bram", _bram_blocks(depth, width, family) * ports)
+                out[name] = ("bram", bram_blocks(depth, width, family) * ports)
         else:
             if depth <= 32:
                 out[name] = ("lutram", 2 * -(-depth // 16) * -(-width // 4) * ports)
             else:
-                out[name] = ("bram", _bram_blocks(depth, width, family) * ports)
+                out[name] = ("bram", bram_blocks(depth, width, family) * ports)
     return out
 
 
@@ -261,9 +240,9 @@ def linear_resources(params: LinearParams, family: str) -> LinearResources:
         raise CostModelError(f"linear_resources: params={params!r} is not a LinearParams")
     p = params
     RW = p.rq_bits
-    dsp = p.macs * _mul_dsp(8, 8, family) + p.t_out * _mul_dsp(RW, 16, family)
+    dsp = p.macs * mul_dsp(8, 8, family) + p.t_out * mul_dsp(RW, 16, family)
     if p.expert:
-        dsp += p.t_out * _mul_dsp(17, 16, family)
+        dsp += p.t_out * mul_dsp(17, 16, family)
     mm = memory_map(p, family)
     lutram = int(sum(v for k, v in mm.values() if k == "lutram"))
     bram = float(sum(v for k, v in mm.values() if k == "bram"))
