@@ -42,7 +42,10 @@ _FIT = {
     "xcup": (7, 4, 376, 649, 396, 516, 235),
     "ecp5": (9, 7, -631, 1086, 299, 516, 235),
 }
-_LUTRAM_DEPTH = {"xcup": 64, "ecp5": 64}   # depths up to here stayed in LUT RAM in every synthesized case
+def _in_lutram(depth: int, width: int, family: str) -> bool:
+    """Yosys's choice in every synthesized case: depth <= 64 stays in LUT RAM (on ECP5 only
+    while the memory is at most 16 Kbit)."""
+    return depth <= 64 and (family == "xcup" or depth * width <= 16384)
 
 
 def layernorm_resources(params: LayerNormParams, family: str) -> dict:
@@ -52,5 +55,5 @@ def layernorm_resources(params: LayerNormParams, family: str) -> dict:
     dl, d0, l0, ll, ls, f0, fl = _FIT[family]
     L, k, nb = params.lanes, params.stats_steps, params.beats_max
     bram = sum(bram_blocks(depth, width, family) for depth, width in ((2 * nb, 16 * L), (nb, 72 * L))
-               if depth > _LUTRAM_DEPTH[family])
+               if not _in_lutram(depth, width, family))
     return {"lut": int(l0 + ll * L + ls * (k - 1)), "ff": int(f0 + fl * L), "dsp": dl * L + d0, "bram": bram}
