@@ -1,0 +1,92 @@
+"""Residual add / requantize unit: y = clamp16((x*mult_x + b*mult_b + 2**(shift-1)) >> shift),
+bit-exact with :class:`accel.models.intops.IntResidualAdd` (docs/numerics.md, "Residual add").
+
+Streams (amaranth.lib.stream, valid/ready everywhere):
+
+* ``c_i`` -- constants for the following beats: ``mult_x``, ``mult_b`` (unsigned, < 2**23) and
+  ``shift``; accepted only while no beat is in flight.
+* ``i_i`` -- L lanes per beat: the residual stream ``x`` (int16) and the branch ``b`` (int8),
+  ``last`` passed through.
+* ``o_o`` -- L int16 results per beat, ``last`` passed through.
+
+Pipeline of two registers (products, then round/shift/clamp) under a global stall: one beat per
+cycle, ``beats + 2`` cycles for a call (``residual_cycles``). |x*mult_x| < 2**38, |b*mult_b| <
+2**30, the sum < 2**39.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from accel.models.errors import AccelError
+from accel.models.intops import RES_MULT_BITS
+
+__all__ = ["ResidualParams", "ResidualParamError", "ResidualUnit", "residual_cycles"]
+
+
+class ResidualParamError(AccelError, ValueError):
+    """A residual unit parameter is out of range; the message names the value and the fix."""
+
+
+@dataclass(frozen=True)
+class ResidualParams:
+    lanes: int = 8
+
+    def __post_init__(self):
+        if isinstance(self.lanes, bool) or not isinstance(self.lanes, int) or not 1 <= self.lanes <= 256:
+            raise ResidualParamError(f"ResidualParams.lanes={self.lanes!r}: must be an int in [1, 256]")
+
+
+def residual_cycles(beats: int, params: ResidualParams) -> int:
+    """Cycles from the first input beat to the last output beat, no stalls."""
+    return beats + 2 if beats else 0
+
+
+class ResidualUnit(wiring.Component):
+    def __init__(self, params: ResidualParams | None = None, **kwargs):
+        params = params if params is not None else ResidualParams(**kwargs)
+        if not isinstance(params, ResidualParams):
+            raise ResidualParamError(f"ResidualUnit: params={params!r} is not a ResidualParams")
+        self._params = params
+        L = params.lanes
+        super().__init__({
+            "c_i": In(stream.Signature(data.StructLayout({"mult_x": unsigned(RES_MULT_BITS),
+                                                          "mult_b": unsigned(RES_MULT_BITS), "shift": unsigned(6)}))),
+            "i_i": In(stream.Signature(data.StructLayout({"x": data.ArrayLayout(signed(16), L),
+                                                          "b": data.ArrayLayout(signed(8), L), "last": 1}))),
+            "o_o": Out(stream.Signature(data.StructLayout({"y": data.ArrayLayout(signed(16), L), "last": 1}))),
+        })
+
+    params = property(lambda self: self._params)
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self._params.lanes
+        mult_x = Signal(unsigned(RES_MULT_BITS))
+        mult_b = Signal(unsigned(RES_MULT_BITS))
+        shift = Signal(6)
+        p_valid, p_last = Signal(), Signal()
+        s = [Signal(signed(40), name=f"sum{i}") for i in range(L)]
+        o_valid, o_last = Signal(), Signal()
+        o_y = Signal(data.ArrayLayout(signed(16), L))
+        stall = o_valid & ~self.o_o.ready
+        m.d.comb += [self.c_i.ready.eq(~p_valid & ~o_valid),
+                     self.i_i.ready.eq(~stall & ~self.c_i.valid),
+                     self.o_o.valid.eq(o_valid), self.o_o.payload.y.eq(o_y), self.o_o.payload.last.eq(o_last)]
+        with m.If(self.c_i.valid & self.c_i.ready):
+            m.d.sync += [mult_x.eq(self.c_i.payload.mult_x), mult_b.eq(self.c_i.payload.mult_b),
+                         shift.eq(self.c_i.payload.shift)]
+        with m.If(~stall):
+            take = self.i_i.valid & self.i_i.ready
+            m.d.sync += [p_valid.eq(take), p_last.eq(self.i_i.payload.last)]
+            for i in range(L):
+                m.d.sync += s[i].eq(self.i_i.payload.x[i] * mult_x + self.i_i.payload.b[i] * mult_b)
+            half = (Const(1, 64) << shift) >> 1
+            m.d.sync += [o_valid.eq(p_valid), o_last.eq(p_last)]
+            for i in range(L):
+                v = (s[i] + half) >> shift
+                m.d.sync += o_y[i].eq(Mux(v > 32767, 32767, Mux(v < -32768, -32768, v[:16])))
+        return m
