@@ -12,9 +12,9 @@ each active expert's weights once per layer; tokens spread over the experts as t
 top-k routing gives on average (``tokens * top_k / experts`` each, rounded to whole tokens).
 
 What is checked and what is not: the linear, attention and LayerNorm cycle models are checked
-against RTL simulation (their tests and bench/); residual adds and the gate's softmax/top-k are
-counted here as ``tokens * width / lanes`` cycles of units not built yet (``unchecked_cycles``
-in the result says how much of the total that is). Predictions are at the design's clock, not
+against RTL simulation (their tests and bench/), and so is the residual add unit; the gate's
+softmax/top-k is counted here as ``tokens * experts / lanes`` cycles of a unit not built yet
+(``unchecked_cycles`` in the result says how much of the total that is). Predictions are at the design's clock, not
 measurements on a board.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ from accel.hdl.layernorm import LayerNormParams
 from accel.hdl.layernorm_cost import layernorm_cycles, layernorm_resources
 from accel.hdl.linear import LinearParams
 from accel.hdl.linear_cost import expert_cycles, linear_cycles, linear_resources
+from accel.hdl.residual import ResidualParams, residual_cycles, residual_resources
 from accel.models.config import ModelConfig
 from accel.models.errors import AccelError
 
@@ -50,9 +51,13 @@ class Design:
     clock_mhz: float
     ln_lanes: int = 8   # requested LayerNorm/residual lanes (layernorm.lanes may be smaller: a power of two dividing dim)
 
+    @property
+    def residual(self) -> ResidualParams:
+        return ResidualParams(lanes=self.layernorm.lanes)
+
     def to_json(self) -> dict:
         return {"linear": asdict(self.linear), "attention": asdict(self.attention),
-                "layernorm": asdict(self.layernorm), "clock_mhz": self.clock_mhz}
+                "layernorm": asdict(self.layernorm), "residual": asdict(self.residual), "clock_mhz": self.clock_mhz}
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class Performance:
     dsp_efficiency: float               # useful MACs / (MAC units * cycles), batch 1
     cycles_by_kind: dict[str, int]
     load_bound_cycles: int              # cycles where weight loading, not compute, set the pace
-    unchecked_cycles: int               # cycles of units without RTL yet (residual, gate softmax)
+    unchecked_cycles: int               # cycles of units without RTL yet (the gate's softmax/top-k)
     weight_bytes_per_image: int
     resources: dict[str, float]         # used, per kind
     blocks: dict[str, dict[str, float]]  # used per kind, by block: linear, attention, layernorm
@@ -121,13 +126,16 @@ def _expert_cycles(passes: tuple, d_out: int, tokens: int, lp: LinearParams) -> 
 
 
 @lru_cache(maxsize=None)
-def _block_resources(lp: LinearParams, ap: AttentionParams, lnp: LayerNormParams, family: str) -> dict:
+def _block_resources(lp: LinearParams, ap: AttentionParams, lnp: LayerNormParams, rp: ResidualParams,
+                     family: str) -> dict:
     lr = linear_resources(lp, family)
     ar = attention_resources(ap, family)
     nr = layernorm_resources(lnp, family)
+    rr = residual_resources(rp, family)
     return {"linear": {"lut": lr.lut, "ff": lr.ff, "dsp": lr.dsp, "bram": lr.bram, "uram": 0},
             "attention": {k: ar[k] for k in ("lut", "ff", "dsp", "bram")} | {"uram": 0},
-            "layernorm": {k: nr[k] for k in ("lut", "ff", "dsp", "bram")} | {"uram": 0}}
+            "layernorm": {k: nr[k] for k in ("lut", "ff", "dsp", "bram")} | {"uram": 0},
+            "residual": {k: rr[k] for k in ("lut", "ff", "dsp", "bram")} | {"uram": 0}}
 
 
 def _routing(cfg: ModelConfig) -> list[int]:
@@ -158,7 +166,10 @@ def evaluate(cfg: ModelConfig, board: Board, design: Design) -> Performance:
 
     def elementwise(kind: str, width: int, rows: int) -> None:
         nonlocal unchecked
-        c = rows * -(-width // lnp.lanes) + 3
+        if kind == "residual":   # the residual unit (hdl/residual.py), one beat of L lanes per cycle
+            by_kind[kind] += residual_cycles(rows * -(-width // design.residual.lanes), design.residual) + 1
+            return
+        c = rows * -(-width // lnp.lanes) + 3      # gate softmax / top-k: no RTL yet
         by_kind[kind] += c
         unchecked += c
 
@@ -201,7 +212,7 @@ def evaluate(cfg: ModelConfig, board: Board, design: Design) -> Performance:
     period = max(attention_total, total - attention_total)
     mac_units = lp.macs + ap.lanes * ap.t_a
 
-    blocks = _block_resources(lp, ap, lnp, board.family)
+    blocks = _block_resources(lp, ap, lnp, design.residual, board.family)
     used = {k: sum(b[k] for b in blocks.values()) for k in RESOURCE_KINDS}
     budget = {k: board.budget(k) for k in RESOURCE_KINDS}
     ratios = {k: (used[k] / budget[k] if budget[k] else (float("inf") if used[k] else 0.0)) for k in RESOURCE_KINDS}

