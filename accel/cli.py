@@ -228,6 +228,25 @@ def cmd_sim_linear(args) -> dict:
     return out
 
 
+def cmd_sim_attention(args) -> dict:
+    from accel.sim.attention_runner import run_model
+    if args.task:
+        raise AccelError("--task: accel sim attention traces task 0 only; drop --task")
+    layers = None
+    if args.layer:
+        try:
+            layers = [int(v) for v in args.layer]
+        except ValueError:
+            raise AccelError(f"--layer {args.layer!r}: attention layers are block indices (0, 1, ...)") from None
+    results = run_model(args.model, layers=layers, simulator=args.simulator, stalls=not args.no_stalls,
+                        image=args.image, progress=_progress(True))
+    out = _sim_summary("attention", args.model, results, args.simulator)
+    if not args.json:
+        print(f"{out['ops']} ops, {out['checked']} integers checked, {out['mismatches']} mismatches, "
+              f"{out['cycles']} cycles (model {out['predicted_cycles']})")
+    return out
+
+
 def cmd_run(args) -> dict:
     """The main job on the bundled defaults, as far as it exists: evaluate float vs integer, then
     search the design space for the board, and write the report folder."""
@@ -324,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--t-in", type=int, default=8)
     q.add_argument("--t-out", type=int, default=8)
     q.add_argument("--lanes", type=int, default=2)
+    add_sim("attention", cmd_sim_attention, "the model's attention ops through the streaming attention kernel")
     p = add("dse", cmd_dse, "design-space search: the best design for a model on a board")
     p.add_argument("--board", required=True)
     p.add_argument("--model", required=True)

