@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from accel.models.errors import AccelError
+from .resources import CostModelError
 
 from .attention import DIV_STEPS, AttentionParams
 
@@ -34,8 +34,6 @@ CFG_CYCLES = 1
 FAMILIES = ("xcup", "ecp5")
 
 
-class CostModelError(AccelError, ValueError):
-    """A shape or board family the cost model cannot evaluate; the message says why and the fix."""
 
 
 def _check_shape(tokens, heads, head_dim, params, n_k=None):

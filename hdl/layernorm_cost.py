@@ -10,7 +10,7 @@ tests/test_layernorm_unit.py (within 5%).
 from __future__ import annotations
 
 from .layernorm import LayerNormParams, stats_cycles
-from .resources import bram_blocks
+from .resources import CostModelError, bram_blocks
 
 __all__ = ["layernorm_cycles", "layernorm_resources"]
 
@@ -51,7 +51,7 @@ def _in_lutram(depth: int, width: int, family: str) -> bool:
 def layernorm_resources(params: LayerNormParams, family: str) -> dict:
     """{'lut', 'ff', 'dsp', 'bram'} of one LayerNorm unit for 'xcup' or 'ecp5'."""
     if family not in _FIT:
-        raise ValueError(f"layernorm_resources: family={family!r} has no model; use one of {sorted(_FIT)}")
+        raise CostModelError(f"layernorm_resources: family={family!r} has no model; use one of {sorted(_FIT)}")
     dl, d0, l0, ll, ls, f0, fl = _FIT[family]
     L, k, nb = params.lanes, params.stats_steps, params.beats_max
     bram = sum(bram_blocks(depth, width, family) for depth, width in ((2 * nb, 16 * L), (nb, 72 * L))

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from accel.models.errors import AccelError
-
 from .linear import LinearParams
-from .resources import bram_blocks, mul_dsp
+from .resources import CostModelError, bram_blocks, mul_dsp
 
 __all__ = ["linear_cycles", "expert_cycles", "schedule_cycles", "linear_resources",
            "LinearResources", "FAMILIES", "CostModelError"]
@@ -40,8 +38,6 @@ __all__ = ["linear_cycles", "expert_cycles", "schedule_cycles", "linear_resource
 FAMILIES = ("xcup", "ecp5")
 
 
-class CostModelError(AccelError, ValueError):
-    """The cost model was asked about something it does not cover."""
 
 
 def _check_shape(name, v, lo=0):

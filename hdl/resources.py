@@ -2,7 +2,14 @@
 shared by the kernels' resource models."""
 from __future__ import annotations
 
-__all__ = ["mul_dsp", "bram_blocks"]
+from accel.models.errors import AccelError
+
+__all__ = ["CostModelError", "mul_dsp", "bram_blocks"]
+
+
+class CostModelError(AccelError, ValueError):
+    """A cost model was asked about something it does not cover (a shape, a board family);
+    the message says why and the fix."""
 
 
 def mul_dsp(a: int, b: int, family: str) -> int:
