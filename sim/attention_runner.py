@@ -25,7 +25,6 @@ import hashlib
 import os
 import pickle
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,11 @@ from accel.hdl.attention import AttentionParams, attention_layouts, generate_ver
 from accel.hdl.attention_cost import attention_cycles
 from accel.models.errors import NumericsError, ShapeError
 from accel.models.intops import IntAttention
+from accel.sim.result import KernelResult, make_result
 from accel.sim.linear_runner import (SimulationError, SimulatorUnavailable, _env_path, build_root,
                                      field_map, pack_beats, simulator_available)
+
+AttentionResult = KernelResult  # the attention runner's name for the shared result type
 
 __all__ = ["AttentionResult", "attention_job", "run_jobs", "run_attention", "run_model",
            "model_jobs", "params_for", "simulator_available", "SimulatorUnavailable",
@@ -43,56 +45,6 @@ __all__ = ["AttentionResult", "attention_job", "run_jobs", "run_attention", "run
 
 TOPLEVEL = "attention_kernel"
 SIMULATORS = ("verilator", "icarus")
-
-
-@dataclass
-class AttentionResult:
-    """Outcome of one job. ``checked`` is True when the RTL produced every output beat and the
-    whole output was compared; ``mismatches`` counts differing output elements."""
-    name: str
-    checked: bool
-    mismatches: int
-    cycles: int
-    predicted_cycles: int
-    expected_shape: tuple
-    first_mismatch: dict | None = None   # {"index": (token, channel), "head": h, ...}
-    error: str | None = None
-    waveform: str | None = None
-    simulator: str = "verilator"
-    sim_seconds: float = 0.0
-    got: np.ndarray | None = field(default=None, repr=False)
-    expected: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.checked and self.mismatches == 0 and self.error is None
-
-    @property
-    def cycles_per_second(self) -> float:
-        return self.cycles / self.sim_seconds if self.sim_seconds > 0 else 0.0
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "ok": self.ok, "checked": self.checked,
-                "mismatches": self.mismatches, "cycles": self.cycles,
-                "predicted_cycles": self.predicted_cycles, "first_mismatch": self.first_mismatch,
-                "error": self.error, "waveform": self.waveform, "simulator": self.simulator,
-                "sim_seconds": round(self.sim_seconds, 3)}
-
-    def describe(self) -> str:
-        if self.ok:
-            return (f"{self.name}: bit-exact, {self.expected_shape} outputs, {self.cycles} cycles "
-                    f"(model {self.predicted_cycles})")
-        parts = [f"{self.name}: FAILED"]
-        if self.error:
-            parts.append(self.error)
-        if self.first_mismatch:
-            fm = self.first_mismatch
-            parts.append(f"{self.mismatches} mismatching elements; first at [token, channel] = "
-                         f"{fm['index']} (head {fm['head']}): expected {fm['expected']}, "
-                         f"got {fm['got']}")
-        parts.append(f"waveform: {self.waveform}" if self.waveform else
-                     "waveform: none (run with waves=True to keep one)")
-        return "; ".join(parts)
 
 
 # ------------------------------------------------------------------------------ validation
@@ -331,14 +283,6 @@ def _run(bdir: Path, simulator: str, jobs: list[dict], waves: bool, tag: str,
     return res
 
 
-def _result(job: dict, r: dict, simulator: str) -> AttentionResult:
-    return AttentionResult(
-        name=job["name"], checked=r["checked"], mismatches=r["mismatches"], cycles=r["cycles"],
-        predicted_cycles=job["predicted"], expected_shape=tuple(job["expected"].shape),
-        first_mismatch=r["first_mismatch"], error=r["error"], waveform=r.get("waveform"),
-        simulator=simulator, sim_seconds=r["seconds"], got=r["got"], expected=job["expected"])
-
-
 def run_jobs(jobs: list[dict], params: AttentionParams, simulator: str = "verilator",
              waves: bool = False, rerun_failed_with_waves: bool = True,
              verbose: bool = False) -> list[AttentionResult]:
@@ -350,7 +294,7 @@ def run_jobs(jobs: list[dict], params: AttentionParams, simulator: str = "verila
         return []
     bdir = _build(params, simulator, waves, verbose)
     res = _run(bdir, simulator, jobs, waves, "run", verbose)
-    out = [_result(j, r, simulator) for j, r in zip(jobs, res)]
+    out = [make_result(j, r, simulator) for j, r in zip(jobs, res)]
     failed = [i for i, o in enumerate(out) if not o.ok]
     if failed and not waves and rerun_failed_with_waves:
         wdir = _build(params, simulator, True, verbose)

@@ -23,7 +23,7 @@ import os
 import pickle
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from accel.hdl.linear import (GATE_BITS, KIND_FLUSH, KIND_TILE, LinearParams, ge
 from accel.hdl.linear_cost import linear_cycles, expert_cycles
 from accel.models.errors import AccelError, NumericsError, ShapeError
 from accel.models.intops import IntLinear, Requant
+from accel.sim.result import KernelResult, make_result
 
 __all__ = ["SimulatorUnavailable", "SimulationError", "LinearResult", "ExpertPass", "dense_job",
            "expert_job", "trace_jobs",
@@ -51,42 +52,7 @@ class SimulationError(AccelError):
     """The simulator did not run to completion (build failure, crash, missing results)."""
 
 
-@dataclass
-class LinearResult:
-    """Outcome of one job. ``checked`` is True when the RTL ran to the end and its whole output
-    was compared; ``mismatches`` counts differing output elements (missing beats count too)."""
-    name: str
-    checked: bool
-    mismatches: int
-    cycles: int
-    predicted_cycles: int
-    expected_shape: tuple
-    first_mismatch: dict | None = None   # {"index": (tok, ch), "expected": e, "got": g}
-    error: str | None = None
-    waveform: str | None = None
-    simulator: str = "verilator"
-    sim_seconds: float = 0.0
-    got: np.ndarray | None = field(default=None, repr=False)
-    expected: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.checked and self.mismatches == 0 and self.error is None
-
-    def describe(self) -> str:
-        if self.ok:
-            return (f"{self.name}: bit-exact, {self.expected_shape} outputs, {self.cycles} cycles "
-                    f"(model {self.predicted_cycles})")
-        parts = [f"{self.name}: FAILED"]
-        if self.error:
-            parts.append(self.error)
-        if self.first_mismatch:
-            fm = self.first_mismatch
-            parts.append(f"{self.mismatches} mismatching elements; first at [token, channel] = "
-                         f"{fm['index']}: expected {fm['expected']}, got {fm['got']}")
-        parts.append(f"waveform: {self.waveform}" if self.waveform else
-                     "waveform: none (run with waves=True to keep one)")
-        return "; ".join(parts)
+LinearResult = KernelResult  # the linear runner's name for the shared result type
 
 
 # ------------------------------------------------------------------------------ bit packing
@@ -549,14 +515,6 @@ def _run(bdir: Path, simulator: str, jobs: list[dict], waves: bool, tag: str,
     return res
 
 
-def _result(job: dict, r: dict, simulator: str) -> LinearResult:
-    return LinearResult(
-        name=job["name"], checked=r["checked"], mismatches=r["mismatches"], cycles=r["cycles"],
-        predicted_cycles=job["predicted"], expected_shape=tuple(job["expected"].shape),
-        first_mismatch=r["first_mismatch"], error=r["error"], waveform=r.get("waveform"),
-        simulator=simulator, sim_seconds=r["seconds"], got=r["got"], expected=job["expected"])
-
-
 def run_jobs(jobs: list[dict], params: LinearParams, simulator: str = "verilator",
              waves: bool = False, rerun_failed_with_waves: bool = True,
              verbose: bool = False) -> list[LinearResult]:
@@ -573,7 +531,7 @@ def run_jobs(jobs: list[dict], params: LinearParams, simulator: str = "verilator
                              "same LinearParams you run it on")
     bdir = _build(params, simulator, waves, verbose)
     res = _run(bdir, simulator, jobs, waves, "run", verbose)
-    out = [_result(j, r, simulator) for j, r in zip(jobs, res)]
+    out = [make_result(j, r, simulator) for j, r in zip(jobs, res)]
     failed = [i for i, o in enumerate(out) if not o.ok]
     if failed and not waves and rerun_failed_with_waves:
         wdir = _build(params, simulator, True, verbose)
