@@ -23,7 +23,6 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from accel.boards import RESOURCE_KINDS, Board
 from accel.hdl.attention import AttentionParamError

@@ -34,7 +34,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from accel.models.errors import AccelError
-from accel.models.intops import LN_MAX_CHANNELS, LN_MULT_LIMIT, LN_RECIP_BITS, LN_VAR_SHIFT, LN_Z_SHIFT
+from accel.models.intops import LN_MAX_CHANNELS, LN_RECIP_BITS, LN_VAR_SHIFT, LN_Z_SHIFT
 
 __all__ = ["LayerNormParams", "LayerNormParamError", "LayerNormUnit", "config_layout", "x_layout", "y_layout",
            "OFFSET_BITS", "MULT_BITS", "stats_cycles"]
@@ -138,7 +138,6 @@ class LayerNormUnit(wiring.Component):
         in_beat = Signal(range(NB + 1))
         s_acc = Signal(signed(27))
         q_acc = Signal(unsigned(42))
-        busy = Signal()         # a row is in stats/emit
         idle = Signal()
         pipe_busy = Signal()
 

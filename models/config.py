@@ -5,7 +5,7 @@ field in any error, e.g. ``digits-moe.yaml: field 'moe.top_k': 5 > moe.experts (
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -12,7 +12,7 @@ accel.hdl reproduce these functions bit for bit.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

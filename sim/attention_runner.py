@@ -23,8 +23,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import pickle
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,7 @@ from accel.hdl.attention import AttentionParams, attention_layouts, generate_ver
 from accel.hdl.attention_cost import attention_cycles
 from accel.models.errors import NumericsError, ShapeError
 from accel.models.intops import IntAttention
-from accel.sim.result import KernelResult, make_result
+from accel.sim.result import KernelResult, make_result, run_cocotb_jobs
 from accel.sim.linear_runner import (SimulationError, SimulatorUnavailable, _env_path, build_root,
                                      field_map, pack_beats, simulator_available)
 
@@ -244,43 +242,9 @@ def _build(params: AttentionParams, simulator: str, waves: bool, verbose: bool) 
 
 def _run(bdir: Path, simulator: str, jobs: list[dict], waves: bool, tag: str,
          verbose: bool) -> list[dict]:
-    from cocotb_tools.runner import get_runner
-    rdir = bdir / "runs" / f"{tag}-{os.getpid()}-{time.time_ns()}"
-    rdir.mkdir(parents=True)
-    jobfile = rdir / "jobs.pkl"
-    resfile = rdir / "results.pkl"
-    with open(jobfile, "wb") as f:
-        pickle.dump(jobs, f)
-    runner = get_runner(simulator)
-    test_args = []
-    wave = None
-    if waves:
-        if simulator == "verilator":
-            wave = rdir / "dump.vcd"
-            test_args = ["--trace-file", str(wave)]
-        else:
-            wave = rdir / "dump.fst"
-    env = {"ACCEL_ATTN_JOBS": str(jobfile), "ACCEL_ATTN_RESULTS": str(resfile)}
-    try:
-        runner.test(hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
-                    test_module="accel.sim.attention_tb", build_dir=bdir,
-                    test_dir=rdir, extra_env=env, waves=waves, test_args=test_args,
-                    timescale=("1ns", "1ps"), verbose=verbose, log_file=rdir / "sim.log",
-                    results_xml=str(rdir / "results.xml"))
-    except (SystemExit, Exception) as exc:
-        if not resfile.exists():
-            raise SimulationError(f"{simulator} run failed before writing results ({exc!r}); "
-                                  f"see {rdir / 'sim.log'}") from None
-    if not resfile.exists():
-        raise SimulationError(f"{simulator} run wrote no results; see {rdir / 'sim.log'}")
-    with open(resfile, "rb") as f:
-        res = pickle.load(f)
-    if wave is not None and simulator == "icarus":
-        cands = sorted(rdir.glob("*.fst")) + sorted(bdir.glob("*.fst"))
-        wave = cands[0] if cands else None
-    for r in res:
-        r["waveform"] = str(wave) if wave is not None and Path(wave).exists() else None
-    return res
+    return run_cocotb_jobs(bdir, simulator, jobs, waves, tag, verbose, toplevel=TOPLEVEL,
+                           test_module="accel.sim.attention_tb", jobs_env="ACCEL_ATTN_JOBS",
+                           results_env="ACCEL_ATTN_RESULTS")
 
 
 def run_jobs(jobs: list[dict], params: AttentionParams, simulator: str = "verilator",

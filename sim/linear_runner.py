@@ -20,9 +20,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import pickle
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,25 +29,17 @@ import numpy as np
 from accel.hdl.linear import (GATE_BITS, KIND_FLUSH, KIND_TILE, LinearParams, generate_verilog,
                               stream_layouts)
 from accel.hdl.linear_cost import linear_cycles, expert_cycles
-from accel.models.errors import AccelError, NumericsError, ShapeError
+from accel.models.errors import NumericsError, ShapeError
 from accel.models.intops import IntLinear, Requant
-from accel.sim.result import KernelResult, make_result
+from accel.sim.result import (KernelResult, SimulationError, SimulatorUnavailable, make_result,
+                              run_cocotb_jobs)
 
 __all__ = ["SimulatorUnavailable", "SimulationError", "LinearResult", "ExpertPass", "dense_job",
            "expert_job", "trace_jobs",
            "run_jobs", "run_linear", "run_expert", "simulator_available", "build_root"]
 
 TOPLEVEL = "linear_kernel"
-KEEP_RUNS = 20
 SIMULATORS = ("verilator", "icarus")
-
-
-class SimulatorUnavailable(AccelError):
-    """The requested simulator is not installed; the message says how to install it."""
-
-
-class SimulationError(AccelError):
-    """The simulator did not run to completion (build failure, crash, missing results)."""
 
 
 LinearResult = KernelResult  # the linear runner's name for the shared result type
@@ -473,46 +463,9 @@ def _build(params: LinearParams, simulator: str, waves: bool, verbose: bool) -> 
 
 def _run(bdir: Path, simulator: str, jobs: list[dict], waves: bool, tag: str,
          verbose: bool) -> list[dict]:
-    from cocotb_tools.runner import get_runner
-    runs = bdir / "runs"
-    old = sorted(runs.glob("*/results.pkl"), key=lambda p: p.stat().st_mtime)[:-KEEP_RUNS]
-    for p in old:                                # keep the newest KEEP_RUNS run folders
-        shutil.rmtree(p.parent, ignore_errors=True)
-    rdir = runs / f"{tag}-{os.getpid()}-{time.time_ns()}"
-    rdir.mkdir(parents=True)
-    jobfile = rdir / "jobs.pkl"
-    resfile = rdir / "results.pkl"
-    with open(jobfile, "wb") as f:
-        pickle.dump(jobs, f)
-    runner = get_runner(simulator)
-    test_args = []
-    wave = None
-    if waves:
-        if simulator == "verilator":
-            wave = rdir / "dump.vcd"
-            test_args = ["--trace-file", str(wave)]
-        else:
-            wave = bdir / "dump.fst"     # written by linear_dump (see _build); last run wins
-    env = {"ACCEL_LINEAR_JOBS": str(jobfile), "ACCEL_LINEAR_RESULTS": str(resfile)}
-    try:
-        runner.test(hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
-                    test_module="accel.sim.linear_tb", build_dir=bdir,
-                    test_dir=rdir, extra_env=env, waves=waves,   # icarus: -fst, not -none
-                    test_args=test_args,
-                    timescale=("1ns", "1ps"), verbose=verbose, log_file=rdir / "sim.log",
-                    results_xml=str(rdir / "results.xml"))
-    except (SystemExit, Exception) as exc:
-        if not resfile.exists():
-            raise SimulationError(f"{simulator} run failed before writing results ({exc!r}); "
-                                  f"see {rdir / 'sim.log'}") from None
-    if not resfile.exists():
-        raise SimulationError(f"{simulator} run wrote no results; see {rdir / 'sim.log'}")
-    with open(resfile, "rb") as f:
-        res = pickle.load(f)
-    for r in res:
-        r["waveform"] = str(wave) if wave is not None and Path(wave).exists() else None
-        r["run_dir"] = str(rdir)
-    return res
+    return run_cocotb_jobs(bdir, simulator, jobs, waves, tag, verbose, toplevel=TOPLEVEL,
+                           test_module="accel.sim.linear_tb", jobs_env="ACCEL_LINEAR_JOBS",
+                           results_env="ACCEL_LINEAR_RESULTS")
 
 
 def run_jobs(jobs: list[dict], params: LinearParams, simulator: str = "verilator",

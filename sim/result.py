@@ -1,11 +1,22 @@
-"""The outcome of one kernel simulation job, shared by every kernel's runner."""
+"""Shared by every kernel's runner: running a cocotb test module over jobs, and the outcome of one job."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["KernelResult", "make_result"]
+from accel.models.errors import AccelError
+
+__all__ = ["KernelResult", "make_result", "run_cocotb_jobs", "SimulatorUnavailable", "SimulationError"]
+
+
+class SimulatorUnavailable(AccelError):
+    """The requested simulator is not installed; the message says how to install it."""
+
+
+class SimulationError(AccelError):
+    """The simulator did not run to completion (build failure, crash, missing results)."""
 
 
 @dataclass
@@ -66,3 +77,56 @@ def make_result(job: dict, r: dict, simulator: str) -> KernelResult:
         predicted_cycles=job["predicted"], expected_shape=tuple(job["expected"].shape),
         first_mismatch=r["first_mismatch"], error=r["error"], waveform=r.get("waveform"),
         simulator=simulator, sim_seconds=r["seconds"], got=r["got"], expected=job["expected"])
+
+
+KEEP_RUNS = 20   # run folders kept per build (newest first)
+
+
+def run_cocotb_jobs(bdir: Path, simulator: str, jobs: list[dict], waves: bool, tag: str, verbose: bool, *,
+                    toplevel: str, test_module: str, jobs_env: str, results_env: str) -> list[dict]:
+    """Run a kernel's cocotb test module once over a list of jobs on a built simulator.
+
+    The jobs go to the test module through a pickle named by ``jobs_env``; it writes one record
+    per job to the file named by ``results_env``. Each run gets its own folder under
+    ``bdir/runs`` (its log, results and, with ``waves``, the waveform)."""
+    import os
+    import pickle
+    import shutil
+    import time
+
+    from cocotb_tools.runner import get_runner
+
+    runs = bdir / "runs"
+    old = sorted(runs.glob("*/results.pkl"), key=lambda p: p.stat().st_mtime)[:-KEEP_RUNS]
+    for p in old:
+        shutil.rmtree(p.parent, ignore_errors=True)
+    rdir = runs / f"{tag}-{os.getpid()}-{time.time_ns()}"
+    rdir.mkdir(parents=True)
+    jobfile, resfile = rdir / "jobs.pkl", rdir / "results.pkl"
+    with open(jobfile, "wb") as f:
+        pickle.dump(jobs, f)
+    test_args, wave = [], None
+    if waves and simulator == "verilator":
+        wave = rdir / "dump.vcd"
+        test_args = ["--trace-file", str(wave)]
+    try:
+        get_runner(simulator).test(
+            hdl_toplevel=toplevel, hdl_toplevel_lang="verilog", test_module=test_module, build_dir=bdir,
+            test_dir=rdir, extra_env={jobs_env: str(jobfile), results_env: str(resfile)}, waves=waves,
+            test_args=test_args, timescale=("1ns", "1ps"), verbose=verbose, log_file=rdir / "sim.log",
+            results_xml=str(rdir / "results.xml"))
+    except (SystemExit, Exception) as exc:   # cocotb's runner raises SystemExit on a failing test
+        if not resfile.exists():
+            raise SimulationError(f"{simulator} run failed before writing results ({exc!r}); "
+                                  f"see {rdir / 'sim.log'}") from None
+    if not resfile.exists():
+        raise SimulationError(f"{simulator} run wrote no results; see {rdir / 'sim.log'}")
+    with open(resfile, "rb") as f:
+        res = pickle.load(f)
+    if waves and simulator == "icarus":      # the dump module writes an FST in the run or build folder
+        cands = sorted(rdir.glob("*.fst")) + sorted(bdir.glob("*.fst"))
+        wave = cands[0] if cands else None
+    for r in res:
+        r["waveform"] = str(wave) if wave is not None and Path(wave).exists() else None
+        r["run_dir"] = str(rdir)
+    return res
