@@ -31,7 +31,7 @@ from accel.hdl.attention import AttentionParams, attention_layouts, generate_ver
 from accel.hdl.attention_cost import attention_cycles
 from accel.models.errors import NumericsError, ShapeError
 from accel.models.intops import IntAttention
-from accel.sim.result import KernelResult, make_result, run_cocotb_jobs
+from accel.sim.result import KernelResult, run_cocotb_jobs, run_with_waveforms_on_failure
 from accel.sim.linear_runner import (SimulationError, SimulatorUnavailable, _env_path, build_root,
                                      field_map, pack_beats, simulator_available)
 
@@ -256,16 +256,8 @@ def run_jobs(jobs: list[dict], params: AttentionParams, simulator: str = "verila
                                    f"{SIMULATORS}")
     if not jobs:
         return []
-    bdir = _build(params, simulator, waves, verbose)
-    res = _run(bdir, simulator, jobs, waves, "run", verbose)
-    out = [make_result(j, r, simulator) for j, r in zip(jobs, res)]
-    failed = [i for i, o in enumerate(out) if not o.ok]
-    if failed and not waves and rerun_failed_with_waves:
-        wdir = _build(params, simulator, True, verbose)
-        res2 = _run(wdir, simulator, [jobs[i] for i in failed], True, "waves", verbose)
-        for i, r in zip(failed, res2):
-            out[i].waveform = r["waveform"]
-    return out
+    return run_with_waveforms_on_failure(jobs, simulator, waves, rerun_failed_with_waves, verbose,
+                                         lambda sim, w, v: _build(params, sim, w, v), _run)
 
 
 def run_attention(op: IntAttention, q, k, v, params: AttentionParams | None = None,

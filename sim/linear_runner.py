@@ -31,8 +31,8 @@ from accel.hdl.linear import (GATE_BITS, KIND_FLUSH, KIND_TILE, LinearParams, ge
 from accel.hdl.linear_cost import linear_cycles, expert_cycles
 from accel.models.errors import NumericsError, ShapeError
 from accel.models.intops import IntLinear, Requant
-from accel.sim.result import (KernelResult, SimulationError, SimulatorUnavailable, make_result,
-                              run_cocotb_jobs)
+from accel.sim.result import (KernelResult, SimulationError, SimulatorUnavailable, run_cocotb_jobs,
+                              run_with_waveforms_on_failure)
 
 __all__ = ["SimulatorUnavailable", "SimulationError", "LinearResult", "ExpertPass", "dense_job",
            "expert_job", "trace_jobs",
@@ -482,16 +482,8 @@ def run_jobs(jobs: list[dict], params: LinearParams, simulator: str = "verilator
             raise ShapeError(f"job {j.get('name')!r} was packed for kernel parameters "
                              f"{j.get('params')!r}, not {params.as_dict()!r}; build it with the "
                              "same LinearParams you run it on")
-    bdir = _build(params, simulator, waves, verbose)
-    res = _run(bdir, simulator, jobs, waves, "run", verbose)
-    out = [make_result(j, r, simulator) for j, r in zip(jobs, res)]
-    failed = [i for i, o in enumerate(out) if not o.ok]
-    if failed and not waves and rerun_failed_with_waves:
-        wdir = _build(params, simulator, True, verbose)
-        res2 = _run(wdir, simulator, [jobs[i] for i in failed], True, "waves", verbose)
-        for i, r in zip(failed, res2):
-            out[i].waveform = r["waveform"]
-    return out
+    return run_with_waveforms_on_failure(jobs, simulator, waves, rerun_failed_with_waves, verbose,
+                                         lambda sim, w, v: _build(params, sim, w, v), _run)
 
 
 def run_linear(op: IntLinear, x: np.ndarray, params: LinearParams | None = None,

@@ -8,7 +8,7 @@ import numpy as np
 
 from accel.models.errors import AccelError
 
-__all__ = ["KernelResult", "make_result", "run_cocotb_jobs", "SimulatorUnavailable", "SimulationError"]
+__all__ = ["KernelResult", "make_result", "run_cocotb_jobs", "run_with_waveforms_on_failure", "SimulatorUnavailable", "SimulationError"]
 
 
 class SimulatorUnavailable(AccelError):
@@ -130,3 +130,18 @@ def run_cocotb_jobs(bdir: Path, simulator: str, jobs: list[dict], waves: bool, t
         r["waveform"] = str(wave) if wave is not None and Path(wave).exists() else None
         r["run_dir"] = str(rdir)
     return res
+
+
+def run_with_waveforms_on_failure(jobs: list[dict], simulator: str, waves: bool, rerun_failed_with_waves: bool,
+                                  verbose: bool, build, run) -> list[KernelResult]:
+    """Run jobs on ``build(simulator, waves, verbose)``'s simulator with ``run(bdir, simulator,
+    jobs, waves, tag, verbose)``; jobs that fail are run again on a tracing build so that their
+    results name a waveform file."""
+    bdir = build(simulator, waves, verbose)
+    out = [make_result(j, r, simulator) for j, r in zip(jobs, run(bdir, simulator, jobs, waves, "run", verbose))]
+    failed = [i for i, o in enumerate(out) if not o.ok]
+    if failed and not waves and rerun_failed_with_waves:
+        wdir = build(simulator, True, verbose)
+        for i, r in zip(failed, run(wdir, simulator, [jobs[i] for i in failed], True, "waves", verbose)):
+            out[i].waveform = r["waveform"]
+    return out
