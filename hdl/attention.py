@@ -51,6 +51,8 @@ from amaranth.lib.wiring import In, Out
 from accel.models.errors import AccelError
 from accel.models.intops import ATTN_RECIP_BITS, EXP2_FRAC_BITS, EXP2_OUT_BITS, EXP2_TABLE, IntAttention
 
+from .common import check_int_param, tree_sum
+
 __all__ = ["AttentionParamError", "AttentionParams", "AttentionKernel", "attention_layouts",
            "generate_verilog", "MAX_SEQ", "MAX_MACS", "DIV_STEPS"]
 
@@ -70,11 +72,7 @@ def _bits(n: int) -> int:
 
 
 def _check_int(name: str, value, lo: int, hi: int, fix: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise AttentionParamError(
-            f"AttentionParams.{name}={value!r}: must be an int in [{lo}, {hi}]; {fix}")
-    if not lo <= value <= hi:
-        raise AttentionParamError(f"AttentionParams.{name}={value!r}: must be in [{lo}, {hi}]; {fix}")
+    check_int_param(AttentionParamError, "AttentionParams", name, value, lo, hi, fix)
 
 
 @dataclass(frozen=True)
@@ -206,16 +204,6 @@ def attention_layouts(p: AttentionParams) -> dict:
     """Payload layouts by stream: cfg, q, k, v (inputs) and o (output)."""
     return {"cfg": cfg_layout(p), "q": in_layout(p), "k": in_layout(p), "v": in_layout(p),
             "o": out_layout(p)}
-
-
-def _tree_sum(terms):
-    terms = list(terms)
-    while len(terms) > 1:
-        nxt = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        if len(terms) % 2:
-            nxt.append(terms[-1])
-        terms = nxt
-    return terms[0]
 
 
 # FSM states
@@ -396,7 +384,7 @@ class AttentionKernel(wiring.Component):
         m.d.sync += [b_val.eq(pv), b_chunk.eq(p_chunk), b_key.eq(p_key),
                      c_val.eq(b_val & (b_chunk == C - 1)), c_key.eq(b_key)]
         for li in range(NLN):
-            m.d.sync += dot[li].eq(_tree_sum(prod[li][t] for t in range(TA)))
+            m.d.sync += dot[li].eq(tree_sum(prod[li][t] for t in range(TA)))
             with m.If(b_val):
                 m.d.sync += sacc[li].eq(Mux(b_chunk == 0, dot[li], sacc[li] + dot[li]))
             with m.If(c_val):

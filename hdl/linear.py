@@ -60,6 +60,8 @@ from amaranth.lib.wiring import In, Out
 
 from accel.models.errors import AccelError
 
+from .common import check_int_param, tree_sum
+
 __all__ = ["LinearParamError", "LinearParams", "LinearKernel", "generate_verilog", "stream_layouts",
            "KIND_TILE", "KIND_FLUSH", "GATE_BITS"]
 
@@ -79,10 +81,7 @@ def _clog2(n: int) -> int:
 
 
 def _check_int(name: str, value, lo: int, hi: int, fix: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise LinearParamError(f"LinearParams.{name}={value!r}: must be an int in [{lo}, {hi}]; {fix}")
-    if not lo <= value <= hi:
-        raise LinearParamError(f"LinearParams.{name}={value!r}: must be in [{lo}, {hi}]; {fix}")
+    check_int_param(LinearParamError, "LinearParams", name, value, lo, hi, fix)
 
 
 @dataclass(frozen=True)
@@ -205,16 +204,6 @@ def stream_layouts(p: LinearParams) -> dict:
     """Payload layouts of the kernel's streams, by stream: p, w, x, g, y."""
     return {"p": desc_layout(p), "w": w_layout(p), "x": x_layout(p), "g": g_layout(p),
             "y": y_layout(p)}
-
-
-def _tree_sum(terms):
-    terms = list(terms)
-    while len(terms) > 1:
-        nxt = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        if len(terms) % 2:
-            nxt.append(terms[-1])
-        terms = nxt
-    return terms[0]
 
 
 class LinearKernel(wiring.Component):
@@ -360,7 +349,7 @@ class LinearKernel(wiring.Component):
                 m.d.sync += [c_tok[l].eq(b_x.tok[l]), c_gate[l].eq(b_x.gate[l])]
                 for c in range(TO):
                     m.d.sync += c_psum[l][c].eq(
-                        _tree_sum(b_x.data[l][i] * wword[c][i] for i in range(TI)))
+                        tree_sum(b_x.data[l][i] * wword[c][i] for i in range(TI)))
 
         # accumulators and the hold register (one finished group, bias added, constants copied)
         acc = [[Signal(signed(SW), name=f"acc_{l}_{c}") for c in range(TO)] for l in range(NL)]
