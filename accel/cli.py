@@ -126,14 +126,12 @@ def cmd_import(args) -> dict:
 
 
 def performance_json(perf, board) -> dict:
-    from dataclasses import asdict
     d = perf.design
     return {
         "fps": round(perf.fps, 2), "throughput_fps": round(perf.throughput_fps, 2),
         "latency_ms": round(perf.latency_ms, 4), "gops": round(perf.gops, 2),
         "dsp_efficiency": round(perf.dsp_efficiency, 4), "clock_mhz": d.clock_mhz,
-        "params": {"linear": {k: v for k, v in asdict(d.linear).items()},
-                   "attention": asdict(d.attention), "layernorm": asdict(d.layernorm)},
+        "params": d.to_json(),
         "resources": {k: {"used": perf.resources[k], "available": perf.budget[k],
                           "utilization": round(perf.resources[k] / perf.budget[k], 4) if perf.budget[k] else None}
                       for k in perf.resources},
