@@ -288,6 +288,18 @@ def cmd_run(args) -> dict:
     return report
 
 
+def cmd_project(args) -> dict:
+    from accel.project import generate_project
+    res = generate_project(args.board, args.model, args.out, params=args.params, progress=_progress(True))
+    if not args.json:
+        p = res["predicted"]
+        print(f"{res['model']} on {res['board']} ({res['part']}, {res['flow']}): project in {res['out']}")
+        print(f"  {p['fps']:.1f} FPS predicted at {res['clock_mhz']:g} MHz ({p['fps_at_port_bandwidth']:.1f} with one "
+              f"{res['top']['mem_data_bits']}-bit memory port); parameters from {res['params_source']}")
+        print(f"  build: cd {res['out']} && " + " && ".join(res["commands"]) + "   (see README.md there)")
+    return res
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="accel", description="FPGA co-design for quantized MoE vision transformers")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -349,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency: FPS at batch 1; throughput: attention and linear kernels overlapped")
     p.add_argument("--exhaustive", action="store_true", help="evaluate every design of the space")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="explored designs and the Pareto fronts")
+    p = add("project", cmd_project, "a Vivado (Zynq UltraScale+) or Vitis (Alveo) project for an AMD board")
+    p.add_argument("--board", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="project folder (created)")
+    p.add_argument("--params", default=None, metavar="FILE.json",
+                   help="the design from `accel dse --json` instead of running the search")
     p = add("run", cmd_run, "the main job on the bundled default model and board")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--board", default=DEFAULT_BOARD)
