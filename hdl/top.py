@@ -52,7 +52,7 @@ class TopParamError(AccelError, ValueError):
 
 class REG:
     CTRL, GIE, IER, ISR, MEM_LO, MEM_HI, PROGRAM = 0x00, 0x04, 0x08, 0x0C, 0x10, 0x14, 0x18
-    CYCLES_LO, CYCLES_HI, STATUS, FETCHES = 0x20, 0x24, 0x28, 0x2C
+    CYCLES_LO, CYCLES_HI, STATUS, FETCHES, PC, TAKEN = 0x20, 0x24, 0x28, 0x2C, 0x30, 0x34
 
 
 class STATUS:
@@ -215,6 +215,8 @@ class AccelTop(wiring.Component):
         m.submodules.gate = gate = GateUnit(P.gate)
 
         # ------------------------------------------------------------------ registers
+        pc = Signal(32)                      # offset of the next instruction
+        taken = Signal(24)                   # output beats taken by the writer since arming
         mem_base = Signal(64)
         prog_off = Signal(32)
         cycles = Signal(64)
@@ -278,6 +280,10 @@ class AccelTop(wiring.Component):
                     m.d.sync += S("rdata").eq(status)
                 with m.Case(REG.FETCHES):
                     m.d.sync += S("rdata").eq(fetches)
+                with m.Case(REG.PC):
+                    m.d.sync += S("rdata").eq(pc)
+                with m.Case(REG.TAKEN):
+                    m.d.sync += S("rdata").eq(taken)
                 with m.Default():
                     m.d.sync += S("rdata").eq(0)
         with m.If(finish):
@@ -418,7 +424,6 @@ class AccelTop(wiring.Component):
         ins = Signal(instr_layout)          # the instruction being executed
         seq_go = Signal()                   # controller: start ``ins`` (READ)
         fetch_go = Signal()                 # controller: fetch the instruction at ``pc``
-        pc = Signal(32)
         seq_busy = Signal()
         # ROWS / RAW counters
         r_cnt, c_cnt, s_cnt = Signal(16), Signal(16), Signal(5)
@@ -571,7 +576,6 @@ class AccelTop(wiring.Component):
         # ------------------------------------------------------------------ writer
         wins = Signal(instr_layout)          # the armed WRITE instruction
         arm = Signal()
-        taken = Signal(24)                   # output beats taken since arming
         outstanding = Signal(16)             # AXI writes not yet acknowledged
         tokcnt = Signal(16)
         qfull = Signal()
@@ -599,9 +603,6 @@ class AccelTop(wiring.Component):
         with m.FSM(name="writer"):
             with m.State("IDLE"):
                 with m.If(arm):
-                    m.d.sync += [taken.eq(0), row_ptr.eq(wins.base_a), col_ptr.eq(0), tokcnt.eq(0)]
-                    with m.If(wins.mode == WMODE.GATE):
-                        m.d.sync += [c.eq(0) for c in counts]
                     m.next = "TAKE"
             with m.State("TAKE"):
                 with m.Switch(wins.mode):
@@ -688,8 +689,14 @@ class AccelTop(wiring.Component):
                         with m.If(e_cur == e):
                             m.d.sync += counts[e].eq(counts[e] + 1)
                     m.d.sync += g_s.eq(g_s + 1)
+        with m.If(arm):     # (the program arms the writer only after a WAIT: no beat in flight)
+            m.d.sync += [taken.eq(0), row_ptr.eq(ins.base_a), col_ptr.eq(0), tokcnt.eq(0)]
+            with m.If(ins.mode == WMODE.GATE):
+                m.d.sync += [c.eq(0) for c in counts]
         writer_idle = Signal()
-        m.d.comb += writer_idle.eq((taken >= ins.n_beats) & (outstanding == 0) & ~w_busy)
+        need = Signal(24)
+        m.d.comb += need.eq(Mux(ins.count_rows, counts_v[ins.expert[:EB]] * ins.n_reps, ins.n_beats))
+        m.d.comb += writer_idle.eq((taken >= need) & (outstanding == 0) & ~w_busy)
 
         # ------------------------------------------------------------------ controller
         err = Signal(8)
@@ -710,7 +717,7 @@ class AccelTop(wiring.Component):
                 with m.If(err != 0):
                     m.d.sync += status.eq(err)
                     m.next = "DONE"
-                with m.Elif(~seq_busy):
+                with m.Elif(~seq_busy & can_push):
                     m.d.comb += fetch_go.eq(1)
                     m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):

@@ -502,3 +502,13 @@ def run_expert(passes, combine: Requant, n_tokens: int, params: LinearParams | N
     params = params or LinearParams()
     job = expert_job(passes, combine, n_tokens, params, name=name, stalls=stalls, seed=seed)
     return run_jobs([job], params, simulator, waves=waves, verbose=verbose)[0]
+
+
+def tile_beats(op: IntLinear, params: LinearParams, expert: bool = False, layouts: dict | None = None):
+    """The tile descriptors and weight words of one linear layer: (p beats, w beats), as the
+    kernel's p_i and w_i streams take them (the model compiler stores them in memory)."""
+    kern = _Kern(params, layouts or stream_layouts(params))
+    _check_linear(op, params, "tile_beats")
+    none = np.zeros(0, np.int64)
+    p, w, _ = _tile_beats(kern, op, np.zeros((0, op.d_in), np.int64), none, none, expert)
+    return p, w

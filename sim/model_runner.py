@@ -1,0 +1,205 @@
+"""Whole-model RTL simulation: compile a model for an accelerator design, run images through the
+generated top (hdl/top.py) in cocotb with an AXI memory model, and compare with the reference.
+
+``run_model(name, images=N)`` -> :class:`ModelSimResult`: logits of every image compared with the
+integer reference; on a difference, every op's output buffer is read back from the memory image
+and compared in execution order with the reference trace, and the first diverging op is reported
+(layer, op, index, expected, got) with a waveform of the run when asked for.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from accel.compiler import Compiled, compile_model
+from accel.hdl.attention import AttentionParams
+from accel.hdl.gate import GateParams
+from accel.hdl.layernorm import LayerNormParams
+from accel.hdl.linear import LinearParams
+from accel.hdl.residual import ResidualParams
+from accel.hdl.top import STATUS, TopParams, generate_verilog
+from accel.models.errors import AccelError, ShapeError
+from accel.sim.result import SimulationError, build_simulator, run_cocotb_jobs
+
+__all__ = ["ModelSimResult", "top_params_for", "run_model", "model_job", "compare_run", "MEM_BASE"]
+
+TOPLEVEL = "accel_top"
+MEM_BASE = 0x4000_0000          # the memory image's bus address: exercises the MEM base register
+PUBLIC = ["ap_*", "interrupt", "s_axi_control_*", "m_axi_gmem_*"]
+
+
+def top_params_for(cfg, t_in: int = 8, t_out: int = 8, n_lanes: int = 2, p: int = 4, t_a: int = 8,
+                   heads: int | None = None, lanes: int = 8, max_tokens: int | None = None,
+                   max_experts: int | None = None) -> TopParams:
+    """A small design sized to a model config (buffers to its widest layer and its tokens)."""
+    d = cfg.dim
+    d_ins = [cfg.patch_features, d, cfg.mlp_hidden] + ([cfg.moe.expert_hidden] if cfg.moe else [])
+    d_outs = [3 * d, cfg.mlp_hidden, max(cfg.num_classes, 1)] + ([cfg.moe.expert_hidden, cfg.moe.experts]
+                                                                  if cfg.moe else [])
+    tokens = max_tokens or cfg.tokens
+    lp = LinearParams(t_in=t_in, t_out=t_out, n_lanes=n_lanes, max_d_in=max(d_ins), max_d_out=max(d_outs),
+                      max_tokens=tokens, expert=True)
+    ap = AttentionParams(p=p, t_a=t_a, heads=heads or cfg.heads, n_a=1, max_seq=tokens, head_dim=cfg.head_dim)
+    ln = LayerNormParams(lanes=lanes, max_channels=_up(d, lanes), stats_steps=4)
+    E = max_experts or (cfg.moe.experts if cfg.moe else 2)
+    k = cfg.moe.top_k if cfg.moe else 1
+    return TopParams(lp, ap, ln, ResidualParams(lanes=lanes), GateParams(max_experts=max(E, 2), max_k=max(k, 1)))
+
+
+def _up(n, m):
+    return -(-n // m) * m
+
+
+@dataclass
+class ModelSimResult:
+    model: str
+    images: int
+    mismatches: int                     # differing logits over all images (0 = bit-exact)
+    int_accuracy: float | None
+    rtl_accuracy: float | None
+    cycles_per_image: float
+    predicted_cycles_per_image: int
+    cycles_by_kind: dict
+    expert_fetches: list[int]           # per image: expert weight fetches (one per active expert)
+    active_experts: list[int]           # per image: experts with at least one token, all MoE layers
+    first_mismatch: dict | None
+    error: str | None
+    sim_seconds: float
+    waveform: str | None = None
+    memory: dict = field(default_factory=dict)
+    status: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatches == 0 and self.error is None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        d["cycles_error"] = (round(self.predicted_cycles_per_image / self.cycles_per_image - 1, 4)
+                             if self.cycles_per_image else None)
+        return d
+
+
+def model_job(comp: Compiled, images_q: np.ndarray, name: str, stalls: bool, seed: int, latency: int = 12,
+              jitter: int = 8, p_ready: float = 0.8, p_beat: float = 0.9, max_cycles: int = 400_000) -> dict:
+    from accel.models.reference import extract_patches
+    patches = extract_patches(images_q, comp_patch(comp))
+    inputs = []
+    for k in range(images_q.shape[0]):
+        scratch = bytearray(len(comp.image))
+        comp.input.write(scratch, patches[k])
+        a, n = comp.input.offset, comp.input.rows * comp.input.stride
+        inputs.append((a, bytes(scratch[a:a + n])))
+    watch = {}
+    if comp.logits is not None:
+        watch["logits"] = (comp.logits.offset, comp.logits.stride)
+    return {"name": name, "image": bytes(comp.image), "base": MEM_BASE, "program_offset": comp.program_offset,
+            "inputs": inputs, "stalls": bool(stalls), "seed": int(seed), "latency": latency if stalls else 2,
+            "jitter": jitter if stalls else 0, "p_ready": p_ready, "p_beat": p_beat if stalls else 1.0,
+            "max_cycles": max_cycles, "keep_memory": True, "watch": watch,
+            "comments": [i["comment"] for i in comp.program]}
+
+
+def comp_patch(comp: Compiled) -> int:
+    return comp._patch
+
+
+def _first_diff(expected: np.ndarray, got: np.ndarray):
+    bad = np.argwhere(expected != got)
+    if not len(bad):
+        return None, 0
+    i = tuple(int(v) for v in bad[0])
+    return {"index": list(i), "expected": int(expected[i]), "got": int(got[i])}, len(bad)
+
+
+def compare_run(comp: Compiled, ref, image_q: np.ndarray, memory: bytes) -> dict | None:
+    """The first op whose output in ``memory`` differs from the reference trace of ``image_q``
+    (None when every op matches): layer, op, index [row, column], expected, got, count."""
+    trace = ref.trace(image_q)
+    for o in comp.outputs:
+        rec = trace.get(o.layer, o.name)
+        exp = rec.output
+        exp = np.asarray(exp if not hasattr(exp, "logits") else exp.logits, np.int64)
+        if exp.ndim == 1:
+            exp = exp[None]
+        rows = exp.shape[0]
+        got = o.buffer.read(memory, o.row0 + rows)[o.row0:]
+        fd, n = _first_diff(exp, got[:, :exp.shape[1]])
+        if fd is not None:
+            return {"layer": o.layer, "op": o.name, "buffer": o.buffer.name, "mismatching": n, **fd}
+    return None
+
+
+def _build(params: TopParams, simulator: str, waves: bool, verbose: bool):
+    return build_simulator(generate_verilog(params, TOPLEVEL), TOPLEVEL, "model", simulator, waves, verbose,
+                           public=PUBLIC, note=repr(params.to_json()))
+
+
+def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | None = None, *, stalls: bool = True,
+              seed: int = 0, simulator: str = "verilator", waves: bool = False, verbose: bool = False,
+              start: int = 0, progress=None, comp: Compiled | None = None) -> ModelSimResult:
+    """Run ``images`` test images of model ``name`` through the RTL; compare with the reference."""
+    from accel.compiler_cost import predict_cycles
+    from accel.models.data import eval_set
+    from accel.models.reference import load_reference
+    say = progress or (lambda msg: None)
+    ref = load_reference(name)
+    cfg = ref.cfg
+    params = params or top_params_for(cfg)
+    if comp is None:
+        say(f"compiling {name} for the design")
+        comp = compile_model(ref, params)
+    comp._patch = cfg.patch_size
+    split = eval_set(cfg, start + images)
+    imgs = split.images[start:start + images]
+    labels = split.labels[start:start + images] if split.labels is not None else None
+    if len(imgs) < images:
+        raise ShapeError(f"model {name!r} has {len(split.images)} evaluation images; asked for {images} from {start}")
+    q = ref.quantize_images(imgs)
+    out = ref.run(q)
+    say(f"building the {simulator} simulator of the accelerator (cached after the first time)")
+    bdir = _build(params, simulator, waves, verbose)
+    job = model_job(comp, q, name, stalls, seed)
+    say(f"simulating {images} image(s) in RTL")
+    t0 = time.time()
+    res = run_cocotb_jobs(bdir, simulator, [job], waves, "model", verbose, toplevel=TOPLEVEL,
+                          test_module="accel.sim.model_tb", jobs_env="ACCEL_MODEL_JOBS",
+                          results_env="ACCEL_MODEL_RESULTS")[0]
+    secs = time.time() - t0
+    runs = res["runs"]
+    error = res["error"]
+    mismatches, first = 0, None
+    rtl_pred = []
+    for k, r in enumerate(runs):
+        if r["status"] != STATUS.OK:
+            error = error or f"image {k}: the accelerator stopped with status {r['status']} ({STATUS.TEXT.get(r['status'])})"
+        got = comp.logits.read(r["memory"])[0] if comp.logits is not None else np.zeros(0)
+        exp = out.logits[k]
+        n = int((got != exp).sum())
+        mismatches += n
+        rtl_pred.append(int(np.argmax(got)) if got.size else -1)
+        if (n or r["status"] != STATUS.OK) and first is None:
+            first = compare_run(comp, ref, q[k], r["memory"]) or {"image": k, "note": "logits differ, no op output did"}
+            first["image"] = k
+    if len(runs) < images and error is None:
+        error = f"only {len(runs)} of {images} images ran"
+    int_pred = np.argmax(out.logits, axis=1) if out.logits.shape[1] else None
+    has_labels = labels is not None and int_pred is not None
+    cyc = [r["cycles"] for r in runs]
+    routing = [np.asarray(rt)[k] for k in range(len(runs)) for rt in out.routing]
+    active = [sum(len(np.unique(np.asarray(rt)[k])) for rt in out.routing) for k in range(len(runs))]
+    pred, by_kind = predict_cycles(comp, ref, q[:1])
+    return ModelSimResult(
+        model=name, images=len(runs), mismatches=mismatches,
+        int_accuracy=float(np.mean(int_pred[:len(runs)] == labels[:len(runs)])) if has_labels else None,
+        rtl_accuracy=float(np.mean(np.array(rtl_pred) == labels[:len(runs)])) if has_labels and runs else None,
+        cycles_per_image=float(np.mean(cyc)) if cyc else 0.0, predicted_cycles_per_image=int(pred),
+        cycles_by_kind=by_kind, expert_fetches=[r["fetches"] for r in runs], active_experts=active,
+        first_mismatch=first, error=error, sim_seconds=secs, waveform=res.get("waveform"),
+        memory={"words_read": res["words_read"], "words_written": res["words_written"], "bursts": res["bursts"],
+                "image_bytes": comp.image_bytes, "static_bytes": comp.static_bytes,
+                "activation_bytes": comp.activation_bytes, "instructions": len(comp.program)},
+        status=[r["status"] for r in runs])
