@@ -332,12 +332,15 @@ class AccelTop(wiring.Component):
             M("arvalid").eq((rem != 0) & (credit >= blen)),
             M("araddr").eq(mem_base + cur_addr), M("arlen").eq(blen - 1), M("arsize").eq(3), M("arburst").eq(1),
             ar_fire.eq(M("arvalid") & M("arready")),
-            pfifo.r_en.eq(rem == 0),
         ]
-        with m.If(ar_fire):
-            m.d.sync += [cur_addr.eq(cur_addr + (blen << 3)), rem.eq(rem - blen)]
-        with m.If((rem == 0) & pfifo.r_rdy):
+        # the next piece loads in the cycle the current one's last burst is accepted
+        take_piece = Signal()
+        m.d.comb += [take_piece.eq(pfifo.r_rdy & ((rem == 0) | (ar_fire & (rem == blen)))),
+                     pfifo.r_en.eq(take_piece)]
+        with m.If(take_piece):
             m.d.sync += [cur_addr.eq(piece_r.addr), rem.eq(piece_r.n)]
+        with m.Elif(ar_fire):
+            m.d.sync += [cur_addr.eq(cur_addr + (blen << 3)), rem.eq(rem - blen)]
         pop_word = Signal()
         m.d.sync += credit.eq(credit - Mux(ar_fire, blen, 0) + pop_word)
         axi_err = Signal()

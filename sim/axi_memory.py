@@ -38,11 +38,14 @@ class AxiMemory:
         self.latency, self.jitter, self.p_ready, self.p_beat = latency, jitter, p_ready, p_beat
         self.reads: deque = deque()     # [due_cycle, addr, beats_left]
         self.aw: deque = deque()        # [addr, beats_left]
+        self.wq: deque = deque()        # (data, strb, last) waiting for their address
         self.bq: deque = deque()        # due cycles of write responses
         self.r_on = self.b_on = False
         self.ar_rdy = self.aw_rdy = self.w_rdy = False
         self.words_read = self.words_written = self.bursts = 0
         self._last = {}
+        self.watch = None            # (lo, hi, step): record the cycle of reads starting in [lo, hi)
+        self.marks: dict[int, int] = {}
 
     def _set(self, name, v):
         if self._last.get(name) != v:
@@ -66,7 +69,7 @@ class AxiMemory:
     def drive(self, cycle: int):
         self.ar_rdy = self._chance(self.p_ready)
         self.aw_rdy = self._chance(self.p_ready)
-        self.w_rdy = bool(self.aw) and self._chance(self.p_ready)
+        self.w_rdy = len(self.wq) < 16 and self._chance(self.p_ready)
         self._set("arready", int(self.ar_rdy))
         self._set("awready", int(self.aw_rdy))
         self._set("wready", int(self.w_rdy))
@@ -90,6 +93,8 @@ class AxiMemory:
             due = max(cycle + lat, self.reads[-1][0] if self.reads else 0)
             self.reads.append([due, off, n])
             self.bursts += 1
+            if self.watch and self.watch[0] <= off < self.watch[1]:
+                self.marks[(off - self.watch[0]) // self.watch[2]] = cycle
         if self.r_on and _u(s["rready"]):
             r = self.reads[0]
             r[1] += 8
@@ -102,16 +107,17 @@ class AxiMemory:
             off = self._check(_u(s["awaddr"]), n, _u(s["awsize"]), _u(s["awburst"]), "write burst")
             self.aw.append([off, n])
         if self.w_rdy and _u(s["wvalid"]):
+            self.wq.append((_u(s["wdata"]), _u(s["wstrb"]), _u(s["wlast"])))
+        while self.aw and self.wq:            # W may come before, with or after its AW
             w = self.aw[0]
-            data = _u(s["wdata"]).to_bytes(8, "little")
-            strb = _u(s["wstrb"])
+            data, strb, last = self.wq.popleft()
+            data = data.to_bytes(8, "little")
             if strb == 0xFF:
                 self.mem[w[0]:w[0] + 8] = data
             else:
                 for i in range(8):
                     if strb >> i & 1:
                         self.mem[w[0] + i] = data[i]
-            last = _u(s["wlast"])
             w[0] += 8
             w[1] -= 1
             self.words_written += 1
@@ -135,6 +141,8 @@ class AxiLiteMaster:
         self.results: deque = deque()
         self.cur = None
         self.phase = 0
+        self._last = {}
+        self._quiet = False
 
     @property
     def idle(self) -> bool:
@@ -146,21 +154,28 @@ class AxiLiteMaster:
     def read(self, addr: int):
         self.ops.append(("r", addr, 0))
 
+    def _set(self, name, v):
+        if self._last.get(name) != v:
+            self.s[name].value = v
+            self._last[name] = v
+
     def drive(self, cycle: int):
-        s = self.s
+        if self.cur is None and not self.ops and self._quiet:
+            return
         if self.cur is None and self.ops:
             self.cur, self.phase = self.ops.popleft(), 0
         kind = self.cur[0] if self.cur else None
-        s["awvalid"].value = int(kind == "w" and self.phase == 0)
-        s["wvalid"].value = int(kind == "w" and self.phase == 0)
-        s["bready"].value = int(kind == "w" and self.phase == 1)
-        s["arvalid"].value = int(kind == "r" and self.phase == 0)
-        s["rready"].value = int(kind == "r" and self.phase == 1)
+        self._set("awvalid", int(kind == "w" and self.phase == 0))
+        self._set("wvalid", int(kind == "w" and self.phase == 0))
+        self._set("bready", int(kind == "w" and self.phase == 1))
+        self._set("arvalid", int(kind == "r" and self.phase == 0))
+        self._set("rready", int(kind == "r" and self.phase == 1))
+        self._quiet = kind is None
         if self.cur:
-            s["awaddr"].value = self.cur[1]
-            s["araddr"].value = self.cur[1]
-            s["wdata"].value = self.cur[2]
-            s["wstrb"].value = 0xF
+            self._set("awaddr", self.cur[1])
+            self._set("araddr", self.cur[1])
+            self._set("wdata", self.cur[2])
+            self._set("wstrb", 0xF)
 
     def sample(self, cycle: int):
         if self.cur is None:

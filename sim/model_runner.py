@@ -203,3 +203,36 @@ def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | Non
                 "image_bytes": comp.image_bytes, "static_bytes": comp.static_bytes,
                 "activation_bytes": comp.activation_bytes, "instructions": len(comp.program)},
         status=[r["status"] for r in runs])
+
+
+def op_of(comment: str) -> str:
+    """The op an instruction belongs to, from its comment: "0/qkv", "1/expert2", "head/norm"."""
+    head = comment.split(":")[0]
+    layer, _, name = head.partition("/")
+    name = name.split(".")[0].split(" ")[0]
+    return f"{layer}/{name}" if name else layer
+
+
+def kind_of(op: str) -> str:
+    """Layer kind of an op, for cycles per kind."""
+    name = op.split("/")[-1]
+    if name.startswith("expert"):
+        return "experts"
+    return {"ln1": "layernorm", "ln2": "layernorm", "norm": "layernorm", "attention": "attention",
+            "res1": "residual", "res2": "residual", "pos_add": "residual", "gate": "gate",
+            "moe": "moe_combine", "end": "control"}.get(name, "linear")
+
+
+def cycles_per_op(comp: Compiled, fetch_cycles: dict, total: int) -> list[tuple[str, int]]:
+    """[(op, cycles)] in program order: from the fetch of an op's first instruction to the fetch
+    of the next op's first instruction (skipped instructions are never fetched)."""
+    ops, starts = [], []
+    for k, ins in enumerate(comp.program):
+        if k not in fetch_cycles:
+            continue
+        op = op_of(ins["comment"])
+        if not ops or ops[-1] != op:
+            ops.append(op)
+            starts.append(fetch_cycles[k])
+    starts.append(total)
+    return [(op, starts[i + 1] - starts[i]) for i, op in enumerate(ops)]

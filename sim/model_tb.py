@@ -40,6 +40,8 @@ async def run_job(dut, job: dict) -> dict:
     axi = AxiMemory(dut, mem, job["base"], rng, latency=job["latency"], jitter=job["jitter"],
                     p_ready=job["p_ready"] if rng else 1.0, p_beat=job["p_beat"])
     ctl = AxiLiteMaster(dut)
+    n_ins = len(job["comments"])
+    axi.watch = (job["program_offset"], job["program_offset"] + 64 * n_ins, 64)
     parts = [axi, ctl]
     dut.ap_rst_n.value = 0
     cycle = await _cycles(dut, parts, 4, 0)
@@ -52,6 +54,7 @@ async def run_job(dut, job: dict) -> dict:
         for reg, v in ((REG.MEM_LO, job["base"] & 0xFFFFFFFF), (REG.MEM_HI, job["base"] >> 32),
                        (REG.PROGRAM, job["program_offset"]), (REG.GIE, 1), (REG.IER, 1), (REG.CTRL, 1)):
             ctl.write(reg, v)
+        axi.marks = {}
         start = cycle
         limit = cycle + job["max_cycles"]
         try:
@@ -81,7 +84,7 @@ async def run_job(dut, job: dict) -> dict:
             break
         lo, hi, status, fetches, ctrl = (ctl.results.popleft() for _ in range(5))
         runs.append({"cycles": lo | hi << 32, "status": status, "fetches": fetches, "ctrl": ctrl,
-                     "wall_cycles": cycle - start, "memory": bytes(mem) if job["keep_memory"] or k == 0 else None,
+                     "wall_cycles": cycle - start, "fetch_cycles": {k: c - start for k, c in axi.marks.items()}, "memory": bytes(mem) if job["keep_memory"] or k == 0 else None,
                      "outputs": {name: bytes(mem[a:a + n]) for name, (a, n) in job["watch"].items()}})
     return {"name": job["name"], "runs": runs, "error": error, "seconds": time.time() - t0,
             "words_read": axi.words_read, "words_written": axi.words_written, "bursts": axi.bursts}
