@@ -309,8 +309,8 @@ def _gate(pl: _Plan, gate: IntGate, x: Buffer, logits: Buffer, rows: int, where:
     _check(f"{where}: experts", E, G.max_experts, "generate the design with a larger GateParams.max_experts")
     _check(f"{where}: top_k", gate.top_k, G.max_k, "generate the design with a larger GateParams.max_k")
     _linear(pl, gate.linear, x, logits, rows, f"{where} logits")
-    cfg = _pack(config_layout(G), 1, {"n_experts": E, "top_k": gate.top_k, "exp_mult": gate.exp_mult,
-                                      "exp_shift": gate.exp_shift, "renormalize": int(gate.renormalize)})
+    from accel.hdl.gate import gate_config
+    cfg = _pack(config_layout(G), 1, gate_config(gate, G))
     c_off = pl.beats(cfg, pl.bw[PORT.GATE_C])
     logits.need(pl.bw[PORT.GATE_L] * 8)
 
@@ -320,7 +320,9 @@ def _gate(pl: _Plan, gate: IntGate, x: Buffer, logits: Buffer, rows: int, where:
                   wpb=pl.bw[PORT.GATE_C]), f"{where}: gate constants"),
             (dict(op=OP.WRITE, mode=WMODE.GATE, na=gate.top_k), f"{where}: results -> expert queues"),
             (dict(op=OP.READ, mode=MODE.ROWS, port=PORT.GATE_L, n_rows=rows, n_chunks=1, na=1,
-                  wa=pl.bw[PORT.GATE_L], base_a=logits.row(0), stride_a=logits.stride), f"{where}: softmax/top-k"),
+                  wa=pl.bw[PORT.GATE_L], base_a=logits.row(0), stride_a=logits.stride,
+                  meta={"experts": E, "top_k": gate.top_k, "renormalize": bool(gate.renormalize)}),
+             f"{where}: softmax/top-k"),
             (dict(op=OP.WAIT, n_beats=rows), f"{where}: wait"),
         ]
     pl.emit(fn)
@@ -448,13 +450,13 @@ def compile_model(ref: IntegerModel, params: TopParams) -> Compiled:
     program: list[dict] = []
     for fn in pl.emitters:
         for fields, comment in fn():
-            program.append({**fields, "comment": comment})
+            program.append({**fields, "comment": comment})   # "meta": cost-model facts, not encoded
     program.append({"op": OP.END, "comment": "end"})
     prog_off = off
     image = bytearray(prog_off + len(program) * INSTR_BYTES + 4096)   # slack: reads of padded heads/lanes
     image[static_base:static_base + len(pl.static)] = pl.static
     for k, ins in enumerate(program):
-        fields = {n: v for n, v in ins.items() if n != "comment"}
+        fields = {n: v for n, v in ins.items() if n not in ("comment", "meta")}
         image[prog_off + k * INSTR_BYTES:prog_off + (k + 1) * INSTR_BYTES] = encode(**fields)
     pos.write(image, e.pos)
     fetch_reads = sum(1 for ins in program if ins.get("fetch"))
