@@ -245,6 +245,33 @@ def cmd_sim_attention(args) -> dict:
     return out
 
 
+def cmd_sim_model(args) -> dict:
+    from accel.models.config import load_config
+    from accel.sim.model_runner import run_model, top_params_for
+    design_cfg = load_config(args.design_for or args.model)
+    params = top_params_for(design_cfg, t_in=args.t_in, t_out=args.t_out, n_lanes=args.lanes)
+    r = run_model(args.model, images=args.images, params=params, stalls=args.stalls, seed=args.seed,
+                  simulator=args.simulator, waves=args.waves, start=args.start, latency=args.latency,
+                  progress=_progress(True))
+    out = r.as_dict()
+    out["design"] = params.to_json()
+    out["design_for"] = design_cfg.name
+    if not args.json:
+        state = "bit-exact" if r.ok else "FAILED"
+        print(f"{args.model}: {r.images} images {state}: {r.mismatches} mismatching logits; "
+              f"accuracy RTL {r.rtl_accuracy} / integer reference {r.int_accuracy}")
+        print(f"cycles per image {r.cycles_per_image:.0f} (model {r.predicted_cycles_per_image}, "
+              f"{out['cycles_error']:+.1%}); expert weight fetches {r.expert_fetches} for active experts "
+              f"{r.active_experts}")
+        for k, v in r.cycles_by_kind.items():
+            print(f"  {k:<12} {v['cycles']:>9} cycles (model {v['predicted']})")
+        if r.first_mismatch:
+            print(f"first diverging op: {r.first_mismatch}")
+        if r.error:
+            print(f"error: {r.error}")
+    return out
+
+
 def cmd_run(args) -> dict:
     """The main job on the bundled defaults, as far as it exists: evaluate float vs integer, then
     search the design space for the board, and write the report folder."""
@@ -302,7 +329,8 @@ def cmd_project(args) -> dict:
 
 def cmd_build(args) -> dict:
     from accel.build import build_model
-    res = build_model(args.board, args.model, args.out, params=args.params, progress=_progress(True))
+    res = build_model(args.board, args.model, args.out, params=args.params, dsp=not args.no_dsp,
+                      progress=_progress(True))
     if not args.json:
         p = res["predicted"]
         print(f"{res['model']} on {res['board']} ({res['part']}): {res['bitstream']}")
@@ -371,6 +399,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--t-out", type=int, default=8)
     q.add_argument("--lanes", type=int, default=2)
     add_sim("attention", cmd_sim_attention, "the model's attention ops through the streaming attention kernel")
+    h = "the whole model through the accelerator top (controller, kernels, AXI memory model)"
+    q = sim_sub.add_parser("model", help=h, description=h)
+    q.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    q.add_argument("--model", required=True)
+    q.add_argument("--images", type=int, default=4, help="evaluation images to run")
+    q.add_argument("--start", type=int, default=0, help="first evaluation image")
+    q.add_argument("--design-for", default=None, metavar="MODEL",
+                   help="size the design for this model instead (one design, several models)")
+    q.add_argument("--t-in", type=int, default=8)
+    q.add_argument("--t-out", type=int, default=8)
+    q.add_argument("--lanes", type=int, default=2)
+    q.add_argument("--latency", type=int, default=12, help="memory read latency in cycles")
+    q.add_argument("--stalls", action="store_true",
+                   help="random ready/valid stalls on every AXI channel and random read latency")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--waves", action="store_true", help="keep a waveform of the run")
+    q.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
+    q.set_defaults(fn=cmd_sim_model, command="sim model")
     p = add("dse", cmd_dse, "design-space search: the best design for a model on a board")
     p.add_argument("--board", required=True)
     p.add_argument("--model", required=True)
@@ -390,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/bitstream", help="folder for report.json and gateware/ (created)")
     p.add_argument("--params", default=None, metavar="FILE.json",
                    help="the design from `accel dse --json` instead of running the search")
+    p.add_argument("--no-dsp", action="store_true", help="multipliers in LUTs (when they exceed the part's DSPs)")
     p = add("run", cmd_run, "the main job on the bundled default model and board")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--board", default=DEFAULT_BOARD)

@@ -25,7 +25,6 @@ from accel.hdl.program import INSTR_WORDS, MODE, OP, PORT, WMODE
 __all__ = ["MemoryTiming", "predict_cycles", "op_cycles", "expert_counts"]
 
 FETCH_OVERHEAD = 8     # cycles per fetched instruction beyond latency + 8 words (FIFOs, decode, issue)
-SEQ_LEAD = 12          # words the sequencer runs ahead during a tile's weight pieces (FIFO credits)
 PASS_OVERHEAD = 6      # cycles per attention pass beyond the reciprocal's DIV_STEPS
 
 
@@ -98,7 +97,10 @@ def op_cycles(instrs: list[dict], params, counts: dict | None, layer, timing: Me
                 # one piece per cycle: with 1-word pieces that shows beyond its lead
                 NL, K, wa = P.linear.n_lanes, ins["n_chunks"], ins["wa"]
                 per_group = max(0, NL + 1 + K * NL - K * NL * wa)
-                extra += ins["n_reps"] * max(0, -(-n_rows // NL) * per_group - SEQ_LEAD)
+                # ... the lead it gains on a tile's multi-word descriptor and weight pieces, up to
+                # the word FIFO's credits
+                lead = min(P.fifo_words, ins["wpb"] - 1 + K * (ins["wb"] - 1))
+                extra += ins["n_reps"] * max(0, -(-n_rows // NL) * per_group - lead)
             port = ins.get("port")
             if ins.get("mode") == MODE.ROWS and port == PORT.LN_X:
                 kernel += layernorm_cycles(n_rows, ins["n_chunks"] * P.layernorm.lanes, P.layernorm, config=False)

@@ -305,7 +305,8 @@ class AccelTop(wiring.Component):
                                     "tok": data.ArrayLayout(unsigned(TKB), NL),
                                     "gate": data.ArrayLayout(unsigned(16), NL)})
         m.submodules.pieces = pfifo = SyncFIFOBuffered(width=piece_l.size, depth=8)
-        m.submodules.metas = mfifo = SyncFIFOBuffered(width=meta_l.size, depth=8)
+        # one descriptor per beat in flight: as deep as the word FIFO, or latency starves the port
+        m.submodules.metas = mfifo = SyncFIFOBuffered(width=meta_l.size, depth=P.fifo_words)
         m.submodules.words = dfifo = SyncFIFOBuffered(width=64, depth=P.fifo_words)
         piece_w = Signal(piece_l)
         meta_w = Signal(meta_l)

@@ -84,7 +84,11 @@ class ModelSimResult:
 
 
 def model_job(comp: Compiled, images_q: np.ndarray, name: str, stalls: bool, seed: int, latency: int = 12,
-              jitter: int = 8, p_ready: float = 0.8, p_beat: float = 0.9, max_cycles: int = 400_000) -> dict:
+              max_cycles: int = 2_000_000) -> dict:
+    """One testbench job: the image, the inputs of each image, the memory model's behaviour.
+    Without ``stalls`` the memory answers every read after ``latency`` cycles at one word per
+    cycle; with them, the latency varies per burst (+0..8), ready signals drop 20% of cycles and
+    read beats 10%."""
     from accel.models.reference import extract_patches
     patches = extract_patches(images_q, comp_patch(comp))
     inputs = []
@@ -97,8 +101,8 @@ def model_job(comp: Compiled, images_q: np.ndarray, name: str, stalls: bool, see
     if comp.logits is not None:
         watch["logits"] = (comp.logits.offset, comp.logits.stride)
     return {"name": name, "image": bytes(comp.image), "base": MEM_BASE, "program_offset": comp.program_offset,
-            "inputs": inputs, "stalls": bool(stalls), "seed": int(seed), "latency": latency if stalls else 2,
-            "jitter": jitter if stalls else 0, "p_ready": p_ready, "p_beat": p_beat if stalls else 1.0,
+            "inputs": inputs, "stalls": bool(stalls), "seed": int(seed), "latency": latency,
+            "jitter": 8 if stalls else 0, "p_ready": 0.8, "p_beat": 0.9 if stalls else 1.0,
             "max_cycles": max_cycles, "keep_memory": True, "watch": watch,
             "comments": [i["comment"] for i in comp.program]}
 
@@ -138,11 +142,11 @@ def _build(params: TopParams, simulator: str, waves: bool, verbose: bool):
                            public=PUBLIC, note=repr(params.to_json()))
 
 
-def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | None = None, *, stalls: bool = True,
+def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | None = None, *, stalls: bool = False,
               seed: int = 0, simulator: str = "verilator", waves: bool = False, verbose: bool = False,
-              start: int = 0, progress=None, comp: Compiled | None = None) -> ModelSimResult:
+              start: int = 0, progress=None, comp: Compiled | None = None, latency: int = 12) -> ModelSimResult:
     """Run ``images`` test images of model ``name`` through the RTL; compare with the reference."""
-    from accel.compiler_cost import predict_cycles
+    from accel.compiler_cost import MemoryTiming, predict_cycles
     from accel.models.data import eval_set
     from accel.models.reference import load_reference
     say = progress or (lambda msg: None)
@@ -162,7 +166,7 @@ def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | Non
     out = ref.run(q)
     say(f"building the {simulator} simulator of the accelerator (cached after the first time)")
     bdir = _build(params, simulator, waves, verbose)
-    job = model_job(comp, q, name, stalls, seed)
+    job = model_job(comp, q, name, stalls, seed, latency=latency)
     say(f"simulating {images} image(s) in RTL")
     t0 = time.time()
     res = run_cocotb_jobs(bdir, simulator, [job], waves, "model", verbose, toplevel=TOPLEVEL,
@@ -189,9 +193,22 @@ def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | Non
     int_pred = np.argmax(out.logits, axis=1) if out.logits.shape[1] else None
     has_labels = labels is not None and int_pred is not None
     cyc = [r["cycles"] for r in runs]
-    routing = [np.asarray(rt)[k] for k in range(len(runs)) for rt in out.routing]
     active = [sum(len(np.unique(np.asarray(rt)[k])) for rt in out.routing) for k in range(len(runs))]
-    pred, by_kind = predict_cycles(comp, ref, q[:1])
+    # the model's memory: the job's mean latency; with stalls 0.9 words per cycle at most
+    timing = MemoryTiming(latency + (4 if stalls else 0), 0.9 if stalls else 1.0)
+    preds = [predict_cycles(comp, ref, q[k:k + 1], timing) for k in range(len(runs))]
+    pred = float(np.mean([p[0] for p in preds])) if preds else 0.0
+    by_kind = {}
+    for k, r in enumerate(runs):
+        for op, c in cycles_per_op(comp, r["fetch_cycles"], r["cycles"]):
+            kd = kind_of(op)
+            by_kind.setdefault(kd, {"cycles": 0, "predicted": 0})
+            by_kind[kd]["cycles"] += c / len(runs)
+        for kd, c in preds[k][1].items():
+            by_kind.setdefault(kd, {"cycles": 0, "predicted": 0})
+            by_kind[kd]["predicted"] += c / len(runs)
+    by_kind = {kd: {"cycles": int(round(v["cycles"])), "predicted": int(round(v["predicted"]))}
+               for kd, v in by_kind.items()}
     return ModelSimResult(
         model=name, images=len(runs), mismatches=mismatches,
         int_accuracy=float(np.mean(int_pred[:len(runs)] == labels[:len(runs)])) if has_labels else None,
