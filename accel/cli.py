@@ -249,10 +249,14 @@ def cmd_sim_model(args) -> dict:
     from accel.models.config import load_config
     from accel.sim.model_runner import run_model, top_params_for
     design_cfg = load_config(args.design_for or args.model)
-    params = top_params_for(design_cfg, t_in=args.t_in, t_out=args.t_out, n_lanes=args.lanes)
+    blocks = None
+    if args.layer is not None:
+        blocks = [args.layer]
+    params = top_params_for(design_cfg, t_in=args.t_in, t_out=args.t_out, n_lanes=args.lanes, p=args.slots,
+                            head=blocks is None)
     r = run_model(args.model, images=args.images, params=params, stalls=args.stalls, seed=args.seed,
                   simulator=args.simulator, waves=args.waves, start=args.start, latency=args.latency,
-                  progress=_progress(True))
+                  progress=_progress(True), blocks=blocks)
     out = r.as_dict()
     out["design"] = params.to_json()
     out["design_for"] = design_cfg.name
@@ -410,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--t-in", type=int, default=8)
     q.add_argument("--t-out", type=int, default=8)
     q.add_argument("--lanes", type=int, default=2)
+    q.add_argument("--slots", type=int, default=4, help="attention query slots (AttentionParams.p)")
+    q.add_argument("--layer", type=int, default=None,
+                   help="only this encoder block, from its input residual stream (one layer of a large model)")
     q.add_argument("--latency", type=int, default=12, help="memory read latency in cycles")
     q.add_argument("--stalls", action="store_true",
                    help="random ready/valid stalls on every AXI channel and random read latency")

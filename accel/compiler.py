@@ -90,13 +90,14 @@ class Compiled:
     image: bytearray
     program_offset: int
     program: list[dict]                 # instruction fields + a comment, in program order
-    input: Buffer                       # int8 patches [tokens-1, patch features]
+    input: Buffer                       # int8 patches [tokens-1, patch features] (int16 stream for blocks)
     features: Buffer                    # the head's input row
     logits: Buffer | None               # int16 [1, classes]
     outputs: list[OpOutput]             # every op output, in execution order
     expert_weight_reads: int            # fetch-flagged reads in the program (upper bound per image)
     static_bytes: int
     activation_bytes: int
+    blocks: list[int] | None = None     # None: the whole model; else the blocks run (input: int16 stream)
 
     @property
     def image_bytes(self) -> int:
@@ -366,8 +367,11 @@ def _moe(pl: _Plan, layer, moe: IntMoE, x: Buffer, y: Buffer, rows: int):
     pl.emit(fn)
 
 
-def compile_model(ref: IntegerModel, params: TopParams) -> Compiled:
-    """The program and memory image that run ``ref`` for one image on a design ``params``."""
+def compile_model(ref: IntegerModel, params: TopParams, blocks: list[int] | None = None) -> Compiled:
+    """The program and memory image that run ``ref`` for one image on a design ``params``.
+
+    ``blocks``: only these consecutive encoder blocks, from the int16 residual stream (the
+    input buffer) to the block's output; no embedding, no head (one layer of a large model)."""
     if not isinstance(params, TopParams):
         raise CapacityError(f"compile_model: params={params!r} is not a TopParams")
     cfg = ref.cfg
@@ -381,16 +385,26 @@ def compile_model(ref: IntegerModel, params: TopParams) -> Compiled:
     out = pl.outputs
 
     e = ref.embed
-    patches = pl.buf("input.patches", T - 1, e.patch.d_in, 1)
-    branch = pl.buf("embed.patch", T, D, 1)
-    _linear(pl, e.patch, patches, branch, T - 1, "embed/patch", y_row0=1)
-    out.append(OpOutput("embed", "patch", branch, row0=1))
-    pos = pl.buf("embed.pos", T, D, 2)
-    h = pl.buf("embed.pos_add", T, D, 2)
-    _residual(pl, e.add, pos, branch, h, T, "embed/pos_add")
-    out.append(OpOutput("embed", "pos_add", h))
+    whole = blocks is None
+    if whole:
+        blocks = list(range(len(ref.blocks)))
+        patches = pl.buf("input.patches", T - 1, e.patch.d_in, 1)
+        branch = pl.buf("embed.patch", T, D, 1)
+        _linear(pl, e.patch, patches, branch, T - 1, "embed/patch", y_row0=1)
+        out.append(OpOutput("embed", "patch", branch, row0=1))
+        pos = pl.buf("embed.pos", T, D, 2)
+        h = pl.buf("embed.pos_add", T, D, 2)
+        _residual(pl, e.add, pos, branch, h, T, "embed/pos_add")
+        out.append(OpOutput("embed", "pos_add", h))
+    else:
+        blocks = [int(b) for b in blocks]
+        if not blocks or blocks != list(range(blocks[0], blocks[0] + len(blocks))) or \
+                not 0 <= blocks[0] <= blocks[-1] < len(ref.blocks):
+            raise CapacityError(f"blocks={blocks!r}: pass consecutive block indices in [0, {len(ref.blocks)})")
+        patches = h = pl.buf("input.stream", T, D, 2)
 
-    for i, blk in enumerate(ref.blocks):
+    for i in blocks:
+        blk = ref.blocks[i]
         a = pl.buf(f"{i}.ln1", T, D, 1)
         _layernorm(pl, blk.ln1, h, a, T, f"{i}/ln1")
         out.append(OpOutput(i, "ln1", a))
@@ -425,11 +439,11 @@ def compile_model(ref: IntegerModel, params: TopParams) -> Compiled:
         h = x2
 
     feats, logits = h, None
-    if ref.norm is not None:
+    if whole and ref.norm is not None:
         feats = pl.buf("head.norm", 1, D, 1)
         _layernorm(pl, ref.norm, h, feats, 1, "head/norm")
         out.append(OpOutput("head", "norm", feats))
-    if ref.head is not None:
+    if whole and ref.head is not None:
         if ref.norm is None:
             raise CapacityError(f"model {cfg.name!r}: a classifier without a final norm takes int16 features; "
                                 "the linear kernel takes int8 inputs")
@@ -458,7 +472,8 @@ def compile_model(ref: IntegerModel, params: TopParams) -> Compiled:
     for k, ins in enumerate(program):
         fields = {n: v for n, v in ins.items() if n not in ("comment", "meta")}
         image[prog_off + k * INSTR_BYTES:prog_off + (k + 1) * INSTR_BYTES] = encode(**fields)
-    pos.write(image, e.pos)
+    if whole:
+        pos.write(image, e.pos)
     fetch_reads = sum(1 for ins in program if ins.get("fetch"))
     return Compiled(P, cfg.name, image, prog_off, program, patches, feats, logits, out, fetch_reads,
-                    len(pl.static), act_bytes)
+                    len(pl.static), act_bytes, None if whole else blocks)

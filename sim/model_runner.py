@@ -32,11 +32,11 @@ PUBLIC = ["ap_*", "interrupt", "s_axi_control_*", "m_axi_gmem_*"]
 
 def top_params_for(cfg, t_in: int = 8, t_out: int = 8, n_lanes: int = 2, p: int = 4, t_a: int = 8,
                    heads: int | None = None, lanes: int = 8, max_tokens: int | None = None,
-                   max_experts: int | None = None) -> TopParams:
+                   max_experts: int | None = None, head: bool = True) -> TopParams:
     """A small design sized to a model config (buffers to its widest layer and its tokens)."""
     d = cfg.dim
     d_ins = [cfg.patch_features, d, cfg.mlp_hidden] + ([cfg.moe.expert_hidden] if cfg.moe else [])
-    d_outs = [3 * d, cfg.mlp_hidden, max(cfg.num_classes, 1)] + ([cfg.moe.expert_hidden, cfg.moe.experts]
+    d_outs = [3 * d, cfg.mlp_hidden, max(cfg.num_classes if head else 1, 1)] + ([cfg.moe.expert_hidden, cfg.moe.experts]
                                                                   if cfg.moe else [])
     tokens = max_tokens or cfg.tokens
     lp = LinearParams(t_in=t_in, t_out=t_out, n_lanes=n_lanes, max_d_in=max(d_ins), max_d_out=max(d_outs),
@@ -90,11 +90,14 @@ def model_job(comp: Compiled, images_q: np.ndarray, name: str, stalls: bool, see
     cycle; with them, the latency varies per burst (+0..8), ready signals drop 20% of cycles and
     read beats 10%."""
     from accel.models.reference import extract_patches
-    patches = extract_patches(images_q, comp_patch(comp))
+    if comp.blocks is None:
+        feeds = extract_patches(images_q, comp_patch(comp))
+    else:   # one block: the host writes the block's input, the int16 residual stream
+        feeds = [comp._ref.trace(images_q[k]).get(comp.blocks[0], "ln1").inputs[0] for k in range(len(images_q))]
     inputs = []
     for k in range(images_q.shape[0]):
         scratch = bytearray(len(comp.image))
-        comp.input.write(scratch, patches[k])
+        comp.input.write(scratch, feeds[k])
         a, n = comp.input.offset, comp.input.rows * comp.input.stride
         inputs.append((a, bytes(scratch[a:a + n])))
     watch = {}
@@ -119,11 +122,15 @@ def _first_diff(expected: np.ndarray, got: np.ndarray):
     return {"index": list(i), "expected": int(expected[i]), "got": int(got[i])}, len(bad)
 
 
-def compare_run(comp: Compiled, ref, image_q: np.ndarray, memory: bytes) -> dict | None:
+def compare_run(comp: Compiled, ref, image_q: np.ndarray, memory: bytes, count_all: bool = False) -> dict | None:
     """The first op whose output in ``memory`` differs from the reference trace of ``image_q``
     (None when every op matches): layer, op, index [row, column], expected, got, count."""
     trace = ref.trace(image_q)
+    first, total = None, 0
+    names = {(r.layer, r.name) for r in trace.records}
     for o in comp.outputs:
+        if (o.layer, o.name) not in names and o.expert >= 0:
+            continue            # an expert no token chose: nothing to compare
         rec = trace.get(o.layer, o.name)
         exp = rec.output
         exp = np.asarray(exp if not hasattr(exp, "logits") else exp.logits, np.int64)
@@ -132,9 +139,14 @@ def compare_run(comp: Compiled, ref, image_q: np.ndarray, memory: bytes) -> dict
         rows = exp.shape[0]
         got = o.buffer.read(memory, o.row0 + rows)[o.row0:]
         fd, n = _first_diff(exp, got[:, :exp.shape[1]])
-        if fd is not None:
-            return {"layer": o.layer, "op": o.name, "buffer": o.buffer.name, "mismatching": n, **fd}
-    return None
+        if fd is not None and first is None:
+            first = {"layer": o.layer, "op": o.name, "buffer": o.buffer.name, "mismatching": n, **fd}
+            if not count_all:
+                return first
+        total += n
+    if first is not None:
+        first["mismatching_total"] = total
+    return first
 
 
 def _build(params: TopParams, simulator: str, waves: bool, verbose: bool):
@@ -144,7 +156,8 @@ def _build(params: TopParams, simulator: str, waves: bool, verbose: bool):
 
 def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | None = None, *, stalls: bool = False,
               seed: int = 0, simulator: str = "verilator", waves: bool = False, verbose: bool = False,
-              start: int = 0, progress=None, comp: Compiled | None = None, latency: int = 12) -> ModelSimResult:
+              start: int = 0, progress=None, comp: Compiled | None = None, latency: int = 12,
+              blocks: list[int] | None = None) -> ModelSimResult:
     """Run ``images`` test images of model ``name`` through the RTL; compare with the reference."""
     from accel.compiler_cost import MemoryTiming, predict_cycles
     from accel.models.data import eval_set
@@ -155,8 +168,9 @@ def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | Non
     params = params or top_params_for(cfg)
     if comp is None:
         say(f"compiling {name} for the design")
-        comp = compile_model(ref, params)
+        comp = compile_model(ref, params, blocks)
     comp._patch = cfg.patch_size
+    comp._ref = ref
     split = eval_set(cfg, start + images)
     imgs = split.images[start:start + images]
     labels = split.labels[start:start + images] if split.labels is not None else None
@@ -180,9 +194,14 @@ def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | Non
     for k, r in enumerate(runs):
         if r["status"] != STATUS.OK:
             error = error or f"image {k}: the accelerator stopped with status {r['status']} ({STATUS.TEXT.get(r['status'])})"
-        got = comp.logits.read(r["memory"])[0] if comp.logits is not None else np.zeros(0)
-        exp = out.logits[k]
-        n = int((got != exp).sum())
+        if comp.blocks is None:
+            got = comp.logits.read(r["memory"])[0] if comp.logits is not None else np.zeros(0)
+            exp = out.logits[k]
+            n = int((got != exp).sum())
+        else:       # one block: every op output of the block, element by element
+            got = np.zeros(0)
+            diff = compare_run(comp, ref, q[k], r["memory"], count_all=True)
+            n = diff["mismatching_total"] if diff else 0
         mismatches += n
         rtl_pred.append(int(np.argmax(got)) if got.size else -1)
         if (n or r["status"] != STATUS.OK) and first is None:
@@ -193,7 +212,10 @@ def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | Non
     int_pred = np.argmax(out.logits, axis=1) if out.logits.shape[1] else None
     has_labels = labels is not None and int_pred is not None
     cyc = [r["cycles"] for r in runs]
-    active = [sum(len(np.unique(np.asarray(rt)[k])) for rt in out.routing) for k in range(len(runs))]
+    moe_layers = [i for i, b in enumerate(ref.blocks) if hasattr(b.mlp, "gate")]
+    run_blocks = set(comp.blocks) if comp.blocks is not None else set(range(len(ref.blocks)))
+    active = [sum(len(np.unique(np.asarray(rt)[k])) for layer, rt in zip(moe_layers, out.routing)
+                  if layer in run_blocks) for k in range(len(runs))]
     # the model's memory: the job's mean latency; with stalls 0.9 words per cycle at most
     timing = MemoryTiming(latency + (4 if stalls else 0), 0.9 if stalls else 1.0)
     preds = [predict_cycles(comp, ref, q[k:k + 1], timing) for k in range(len(runs))]
