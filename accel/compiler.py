@@ -98,6 +98,14 @@ class Compiled:
     static_bytes: int
     activation_bytes: int
     blocks: list[int] | None = None     # None: the whole model; else the blocks run (input: int16 stream)
+    patch_size: int = 1
+
+    def feed(self, image_q: np.ndarray) -> np.ndarray:
+        """What the host writes into ``input`` for one int8 image [C, H, W]: its patches."""
+        from accel.models.reference import extract_patches
+        if self.blocks is not None:
+            raise CapacityError("a program of single blocks takes the block's input stream, not an image")
+        return extract_patches(np.asarray(image_q)[None], self.patch_size)[0]
 
     @property
     def image_bytes(self) -> int:
@@ -476,4 +484,4 @@ def compile_model(ref: IntegerModel, params: TopParams, blocks: list[int] | None
         pos.write(image, e.pos)
     fetch_reads = sum(1 for ins in program if ins.get("fetch"))
     return Compiled(P, cfg.name, image, prog_off, program, patches, feats, logits, out, fetch_reads,
-                    len(pl.static), act_bytes, None if whole else blocks)
+                    len(pl.static), act_bytes, None if whole else blocks, cfg.patch_size)

@@ -83,21 +83,16 @@ class ModelSimResult:
         return d
 
 
-def model_job(comp: Compiled, images_q: np.ndarray, name: str, stalls: bool, seed: int, latency: int = 12,
+def model_job(comp: Compiled, feeds: list[np.ndarray], name: str, stalls: bool, seed: int, latency: int = 12,
               max_cycles: int = 2_000_000) -> dict:
-    """One testbench job: the image, the inputs of each image, the memory model's behaviour.
-    Without ``stalls`` the memory answers every read after ``latency`` cycles at one word per
-    cycle; with them, the latency varies per burst (+0..8), ready signals drop 20% of cycles and
-    read beats 10%."""
-    from accel.models.reference import extract_patches
-    if comp.blocks is None:
-        feeds = extract_patches(images_q, comp_patch(comp))
-    else:   # one block: the host writes the block's input, the int16 residual stream
-        feeds = [comp._ref.trace(images_q[k]).get(comp.blocks[0], "ln1").inputs[0] for k in range(len(images_q))]
+    """One testbench job: the image, what the host writes into the input buffer for each run
+    (``feeds``), the memory model's behaviour. Without ``stalls`` the memory answers every read
+    after ``latency`` cycles at one word per cycle; with them, the latency varies per burst
+    (+0..8), ready signals drop 20% of cycles and read beats 10%."""
     inputs = []
-    for k in range(images_q.shape[0]):
+    for f in feeds:
         scratch = bytearray(len(comp.image))
-        comp.input.write(scratch, feeds[k])
+        comp.input.write(scratch, f)
         a, n = comp.input.offset, comp.input.rows * comp.input.stride
         inputs.append((a, bytes(scratch[a:a + n])))
     watch = {}
@@ -110,8 +105,11 @@ def model_job(comp: Compiled, images_q: np.ndarray, name: str, stalls: bool, see
             "comments": [i["comment"] for i in comp.program]}
 
 
-def comp_patch(comp: Compiled) -> int:
-    return comp._patch
+def feeds_for(comp: Compiled, ref, images_q: np.ndarray) -> list[np.ndarray]:
+    """The host's input per image: patches, or for a program of blocks the first block's input."""
+    if comp.blocks is None:
+        return [comp.feed(images_q[k]) for k in range(len(images_q))]
+    return [ref.trace(images_q[k]).get(comp.blocks[0], "ln1").inputs[0] for k in range(len(images_q))]
 
 
 def _first_diff(expected: np.ndarray, got: np.ndarray):
@@ -169,8 +167,6 @@ def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | Non
     if comp is None:
         say(f"compiling {name} for the design")
         comp = compile_model(ref, params, blocks)
-    comp._patch = cfg.patch_size
-    comp._ref = ref
     split = eval_set(cfg, start + images)
     imgs = split.images[start:start + images]
     labels = split.labels[start:start + images] if split.labels is not None else None
@@ -180,7 +176,7 @@ def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | Non
     out = ref.run(q)
     say(f"building the {simulator} simulator of the accelerator (cached after the first time)")
     bdir = _build(params, simulator, waves, verbose)
-    job = model_job(comp, q, name, stalls, seed, latency=latency)
+    job = model_job(comp, feeds_for(comp, ref, q), name, stalls, seed, latency=latency)
     say(f"simulating {images} image(s) in RTL")
     t0 = time.time()
     res = run_cocotb_jobs(bdir, simulator, [job], waves, "model", verbose, toplevel=TOPLEVEL,
@@ -275,3 +271,41 @@ def cycles_per_op(comp: Compiled, fetch_cycles: dict, total: int) -> list[tuple[
             starts.append(fetch_cycles[k])
     starts.append(total)
     return [(op, starts[i + 1] - starts[i]) for i, op in enumerate(ops)]
+
+
+def run_driver(name: str = "digits-moe", images: int = 4, params: TopParams | None = None, *, stalls: bool = False,
+               seed: int = 0, start: int = 0, simulator: str = "verilator", progress=None) -> dict:
+    """The host driver (accel.driver) on the simulation backend: load the compiled model, run
+    ``images`` evaluation images, compare the logits it reads back with the integer reference."""
+    from accel.models.data import eval_set
+    from accel.models.reference import load_reference
+    say = progress or (lambda msg: None)
+    ref = load_reference(name)
+    params = params or top_params_for(ref.cfg)
+    comp = compile_model(ref, params)
+    split = eval_set(ref.cfg, start + images)
+    q = ref.quantize_images(split.images[start:start + images])
+    labels = split.labels[start:start + images] if split.labels is not None else None
+    out = ref.run(q)
+    say(f"building the {simulator} simulator of the accelerator (cached after the first time)")
+    bdir = _build(params, simulator, False, False)
+    job = {"name": name, "compiled": comp, "images": q, "memory_bytes": len(comp.image) + 4096, "base": MEM_BASE,
+           "stalls": bool(stalls), "seed": int(seed)}
+    say(f"host driver: {images} image(s) on the simulated accelerator")
+    t0 = time.time()
+    res = run_cocotb_jobs(bdir, simulator, [job], False, "driver", False, toplevel=TOPLEVEL,
+                          test_module="accel.sim.driver_tb", jobs_env="ACCEL_DRIVER_JOBS",
+                          results_env="ACCEL_DRIVER_RESULTS")[0]
+    runs = res["runs"]
+    got = np.array([r.logits for r in runs]) if runs else np.zeros((0, out.logits.shape[1]))
+    mism = int((got != out.logits[:len(runs)]).sum()) if runs else 0
+    rtl_pred = got.argmax(axis=1) if got.size else np.zeros(0)
+    int_pred = out.logits.argmax(axis=1)
+    return {"model": name, "images": len(runs), "mismatches": mism, "error": res["error"],
+            "bit_exact": res["error"] is None and mism == 0 and len(runs) == images,
+            "rtl_accuracy": float(np.mean(rtl_pred == labels[:len(runs)])) if labels is not None and runs else None,
+            "int_accuracy": float(np.mean(int_pred[:len(runs)] == labels[:len(runs)])) if labels is not None and runs
+            else None,
+            "cycles_per_image": float(np.mean([r.cycles for r in runs])) if runs else 0.0,
+            "expert_fetches": [r.expert_fetches for r in runs], "sim_seconds": round(time.time() - t0, 1),
+            "logits": got.tolist()}
