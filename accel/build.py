@@ -45,7 +45,7 @@ from accel.perf import DoesNotFit
 
 __all__ = ["BuildError", "DoesNotFit", "STEPS", "YOWASP_TOOLS", "BuildResult", "tool_environment",
            "load_platform", "parse_nextpnr_report", "board_resources", "check_fit", "netlist_cells",
-           "nextpnr_failure", "build_top", "build_model", "buildable_space"]
+           "nextpnr_failure", "build_top", "build_model", "buildable_space", "smallest_design"]
 
 STEPS = ("elaborate", "synthesize", "place_and_route", "pack", "report")
 
@@ -130,7 +130,8 @@ def _resolve(tool: str, env: dict[str, str]) -> str:
 
 def parse_nextpnr_report(report: dict | str | Path, family: str) -> dict:
     """``{"fmax": {clock: {"achieved_mhz", "constraint_mhz", "met", "slack_ns"}}, "cells": {type:
-    {"used", "available", "utilization"}}}`` from nextpnr's ``--report`` JSON."""
+    {"used", "available", "utilization"}}, "critical_paths": [{"from", "to", "delay_ns", "start",
+    "end", "logic_levels"}]}`` from nextpnr's ``--report`` JSON."""
     if not isinstance(report, dict):
         path = Path(report)
         try:
@@ -150,7 +151,17 @@ def parse_nextpnr_report(report: dict | str | Path, family: str) -> dict:
     for cell, v in (report.get("utilization") or {}).items():
         used, avail = int(v["used"]), int(v["available"])
         cells[cell] = {"used": used, "available": avail, "utilization": round(used / avail, 4) if avail else None}
-    return {"fmax": fmax, "cells": cells}
+    paths = []
+    for cp in report.get("critical_paths") or []:
+        segs = cp.get("path") or []
+        if not segs:
+            continue
+        clean = lambda c: str(c).replace("$glbnet$", "")
+        paths.append({"from": clean(cp.get("from")), "to": clean(cp.get("to")),
+                      "delay_ns": round(sum(float(x.get("delay", 0)) for x in segs), 3),
+                      "start": segs[0]["from"]["cell"], "end": segs[-1]["to"]["cell"],
+                      "logic_levels": sum(1 for x in segs if x.get("type") == "logic")})
+    return {"fmax": fmax, "cells": cells, "critical_paths": paths}
 
 
 def board_resources(cells: dict, family: str) -> dict:
@@ -199,9 +210,11 @@ def check_fit(counts: dict[str, int], board: Board, where: str = "synthesis") ->
     for kind, (need, cells) in demand.items():
         have = board.resources.get(kind)
         if need > have:
+            hint = (" or map the multipliers to LUTs (--no-dsp; each MULT18X18D / SB_MAC16 becomes a few hundred "
+                    "LUTs)") if kind == "dsp" else ""
             raise DoesNotFit(f"the design does not fit {board.name} ({board.part}): {where} needs {need} {kind.upper()} "
                              f"({cells}) but the part has {have}: {need - have} too many ({100 * need / have:.0f}%). "
-                             "Choose a smaller design (`accel dse` with this board, or smaller --params)")
+                             f"Choose a smaller design (`accel dse` with this board, or smaller --params){hint}")
     return {k: v[0] for k, v in demand.items()}
 
 
@@ -243,6 +256,7 @@ class BuildResult:
     synth_cells: dict
     seconds: dict
     timing_met: bool
+    critical_paths: list = field(default_factory=list)
     clock_mhz: float | None = None           # the clock the bitstream runs at (the sync constraint)
     extra: dict = field(default_factory=dict)
 
@@ -250,7 +264,8 @@ class BuildResult:
         return {"board": self.board, "bitstream": self.bitstream, "build_dir": self.build_dir,
                 "timing_met": self.timing_met, "clock_mhz": self.clock_mhz,
                 "fmax_mhz": {k: v["achieved_mhz"] for k, v in self.fmax.items()}, "clocks": self.fmax,
-                "utilization": self.resources, "cells": self.cells, "synth_cells": self.synth_cells,
+                "utilization": self.resources, "critical_paths": self.critical_paths, "cells": self.cells,
+                "synth_cells": self.synth_cells,
                 "seconds": self.seconds, **self.extra}
 
 
@@ -302,9 +317,10 @@ def _run_tool(step: str, argv: list[str], cwd: Path, env: dict, log: Path, say, 
 
 def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Callable[[str], None] | None = None,
               env: dict[str, str] | None = None, name: str = "top", check_fit_after_synthesis: bool = True,
-              heartbeat_s: float = 20.0) -> BuildResult:
+              dsp: bool = True, heartbeat_s: float = 20.0) -> BuildResult:
     """Steps elaborate .. report (without the model's predictions) for an elaboratable ``top``
-    on ``board``; the plan, logs and bitstream go to ``build_dir``."""
+    on ``board``; the plan, logs and bitstream go to ``build_dir``. ``dsp=False``: multipliers in
+    LUTs (Yosys ``-nodsp`` on ECP5; iCE40 then synthesizes without ``-dsp``)."""
     board = board if isinstance(board, Board) else load_board(board)
     say = _say(progress)
     family = _OPEN_FLOWS.get(board.flow)
@@ -323,9 +339,12 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
         say(f"step {i + 1}/{n} {STEPS[i]} done in {seconds[STEPS[i]]:.1f} s{detail}")
 
     t = begin(0)
-    opts = {"nextpnr_opts": "--report nextpnr_report.json"}
-    if family == "ice40":
+    # --timing-allow-fail: a missed clock is a result (the report says by how much), not a failed build
+    opts = {"nextpnr_opts": "--report nextpnr_report.json --timing-allow-fail"}
+    if family == "ice40" and dsp:
         opts["synth_opts"] = "-dsp"
+    elif family == "ecp5" and not dsp:
+        opts["synth_opts"] = "-nodsp"
     plan = platform.build(top, name=name, do_build=False, do_program=False, **opts)
     if build_dir.exists():
         for stale in ("nextpnr_report.json", f"{name}.bit", f"{name}.bin", f"{name}.json", f"{name}.config",
@@ -381,7 +400,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
                       for k, v in parsed["fmax"].items()))
     return BuildResult(board=board.name, build_dir=str(build_dir), bitstream=str(bit), fmax=parsed["fmax"],
                        cells=parsed["cells"], resources=resources, synth_cells=synth_counts, seconds=seconds,
-                       timing_met=timing_met, clock_mhz=clock)
+                       timing_met=timing_met, critical_paths=parsed["critical_paths"], clock_mhz=clock)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,6 +415,13 @@ def buildable_space():
     return replace(s, t_in=keep(s.t_in), t_out=keep(s.t_out), ln_lanes=keep(s.ln_lanes), t_a=keep(s.t_a))
 
 
+def smallest_design(cfg, board: Board):
+    """The smallest design the accelerator top builds for ``cfg``: one 8x8 linear tile, one
+    attention lane of 8, 8 LayerNorm/residual lanes, at the board's target clock."""
+    from accel.perf import design_for
+    return design_for(cfg, 8, 8, 1, 2, 8, 1, 1, ln_lanes=8, clock_mhz=board.target_mhz)
+
+
 def _sync_fmax(fmax: dict) -> tuple[str, dict] | None:
     """The clock that drives the accelerator: the one with the highest constraint (the PLL output
     on ECP5 builds; the only clock otherwise)."""
@@ -406,8 +432,8 @@ def _sync_fmax(fmax: dict) -> tuple[str, dict] | None:
 
 
 def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out: str | Path = "build/bitstream",
-                params: str | Path | None = None, *, image: int = 0, progress: Callable[[str], None] | None = None,
-                heartbeat_s: float = 20.0) -> dict:
+                params: str | Path | None = None, *, image: int = 0, dsp: bool = True,
+                progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
     """The whole flow for a model: the design (``params`` file or the search), the compiled memory
     image with evaluation image ``image``'s patches in place, the board top, the bitstream, and
     ``out/report.json``. Returns the report."""
@@ -423,17 +449,24 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     if params is None:
         from accel.dse import heuristic_search
         say(f"design search for {cfg.name} on {board.name} (tiles in whole 64-bit words)")
-        perf = heuristic_search(cfg, board, space=buildable_space(), progress=say).best
-        source = "heuristic search (accel dse, buildable space)"
+        try:
+            perf = heuristic_search(cfg, board, space=buildable_space(), progress=say).best
+            source = "heuristic search (accel dse, tiles in whole 64-bit words)"
+        except DoesNotFit as exc:
+            perf = evaluate(cfg, board, smallest_design(cfg, board))
+            source = ("the smallest buildable design: the search found none that fits by the cost model "
+                      f"({exc}); synthesis decides")
+            say(f"warning: {source}")
     else:
         perf = evaluate(cfg, board, load_design_params(params, cfg, board))
         source = str(params)
     design = perf.design
+    cost_model = {k: {"predicted": round(perf.resources[k], 1), "budget": perf.budget[k]} for k in perf.resources}
     if not perf.fits:
         over = ", ".join(f"{k.upper()} {perf.resources[k]:.0f} > {perf.budget[k]}" for k in perf.resources
                          if perf.resources[k] > perf.budget[k])
-        raise DoesNotFit(f"the design does not fit board {board.name!r} by the cost model ({over}, caps applied); "
-                         f"shrink it or run `accel dse --board {board.name} --model {cfg.name}`")
+        say(f"warning: the cost model predicts the design exceeds {board.name}'s budget ({over}, caps applied); "
+            "building anyway: synthesis and place and route decide")
     tp = top_params(design, cfg)
 
     from accel.compiler import compile_model
@@ -457,7 +490,8 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
                          f"RAM; {board.name} has {on_chip / 1024:.0f} Kbit of block RAM ({mem_bits / on_chip:.0%}); "
                          "this flow keeps the image on chip, so pick a smaller model or a larger part")
     top = BoardTop(tp, words, comp.program_offset, clock_mhz=design.clock_mhz)
-    res = build_top(top, board, out / "gateware", progress=say, heartbeat_s=heartbeat_s)
+    t_prepare = round(time.perf_counter() - t_all, 2)
+    res = build_top(top, board, out / "gateware", progress=say, dsp=dsp, heartbeat_s=heartbeat_s)
 
     achieved = _sync_fmax(res.fmax)
     fmax_sync = achieved[1]["achieved_mhz"] if achieved else None
@@ -465,7 +499,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     at_clock = evaluate(cfg, board, replace(design, clock_mhz=res.clock_mhz or design.clock_mhz))
     report = {
         "model": cfg.name, "board": board.name, "part": board.part, "params_source": source,
-        "params": design.to_json(), "top_params": tp.to_json(),
+        "params": design.to_json(), "top_params": tp.to_json(), "cost_model": cost_model, "dsp": dsp,
         **res.to_json(),
         "accelerator_clock": achieved[0] if achieved else None,
         "predicted": {
@@ -477,9 +511,13 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
         },
         "memory_image": {"bytes": len(img), "words": len(words), "program_offset": comp.program_offset,
                          "instructions": len(comp.program), "input_image": image},
-        "leds": "LED0 done, LED1 error, LED2 idle, LED3 running, last LED heartbeat",
+        "leds": {f"led{i}": what for i, what in top.led_map.items()},
     }
-    report["seconds"] = {**res.seconds, "total": round(time.perf_counter() - t_all, 2)}
+    if not res.timing_met and fmax_sync:
+        report["timing_note"] = (f"timing not met: the accelerator clock closes at {fmax_sync:.1f} MHz, below the "
+                                 f"{res.clock_mhz:g} MHz it is built for; the bitstream may misbehave. Rebuild at a "
+                                 f"lower clock (clock_mhz in a --params file) or with a smaller design")
+    report["seconds"] = {"design_and_compile": t_prepare, **res.seconds, "total": round(time.perf_counter() - t_all, 2)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     report["report"] = str(out / "report.json")

@@ -159,6 +159,7 @@ class BoardTop(wiring.Component):
         self.ram = AxiRam(words, depth=len(words) + extra_words, data_bits=data_bits,
                           addr_bits=len(_port(core, "m_axi_gmem", "araddr")))
         self.pll: PllConfig | None = None
+        self.led_map: dict[int, str] = {}      # LED index -> what it shows (filled on elaboration)
         super().__init__({"done": Out(1), "error": Out(1), "idle": Out(1), "running": Out(1),
                           "status": Out(32), "cycles": Out(64), "bus_error": Out(1)})
 
@@ -278,8 +279,10 @@ class BoardTop(wiring.Component):
             for i, led in enumerate(leds):
                 if i == len(leds) - 1 and len(leds) > len(shown):
                     m.d.comb += led.o.eq(beat[-1])
+                    self.led_map[i] = "heartbeat"
                 elif i < len(shown):
                     m.d.comb += led.o.eq(shown[i])
+                    self.led_map[i] = LED_ORDER[i]
         return m
 
 

