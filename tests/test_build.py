@@ -221,3 +221,37 @@ def test_real_build_ulx3s_stand_in():
     doc = res.to_json()
     json.dumps(doc)
     assert doc["fmax_mhz"]["clk"] == clk["achieved_mhz"] and doc["utilization"]["dsp"]["cell"] == "MULT18X18D"
+
+
+# ------------------------------------------------------------------------------ the model flow's report
+
+def _fake_build_top(top, board, build_dir, **kw):
+    """build_top without the tools: the captured ULX3S report, as if this design had been built."""
+    from accel.build import BuildResult
+    b = load_board(board) if isinstance(board, str) else board
+    r = parse_nextpnr_report(FIXTURE, "ecp5")
+    return BuildResult(board=b.name, build_dir=str(build_dir), bitstream=str(Path(build_dir) / "top.bit"),
+                       fmax=r["fmax"], cells=r["cells"], resources=board_resources(r["cells"], "ecp5"),
+                       synth_cells={"LUT4": 555}, seconds={s: 0.0 for s in STEPS}, timing_met=True,
+                       critical_paths=r["critical_paths"], clock_mhz=50.0)
+
+
+def test_model_report_and_cli_output(monkeypatch, tmp_path, capsys):
+    import accel.build as build
+    monkeypatch.setattr(build, "build_top", _fake_build_top)
+    assert main(["build", "--model", "digits-moe", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr()
+    assert "clock clk: Fmax 87.2 MHz, constraint 50 MHz (met)" in text.out
+    assert "LUT      1165 / 83640" in text.out and "FPS predicted at Fmax 87.2 MHz" in text.out
+    assert "step" not in text.out and "compiling digits-moe" in text.err
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["fmax_mhz"] == {"clk": 87.21} and rep["timing_met"] and rep["accelerator_clock"] == "clk"
+    assert rep["utilization"]["bram"]["used"] == 2 and rep["cost_model"]["dsp"]["budget"] == 156
+    p = rep["predicted"]
+    assert p["fmax_mhz"] == 87.21 and p["clock_mhz"] == 50.0
+    # the image sits in on-chip RAM (8 bytes a cycle at any clock): cycles per image do not depend on the clock
+    assert p["fps_at_fmax"] == pytest.approx(p["fps_at_clock"] * 87.21 / 50, rel=1e-3)
+    mi = rep["memory_image"]
+    assert mi["words"] * 8 >= mi["bytes"] > mi["program_offset"] > 0 and mi["instructions"] > 10
+    assert set(rep["seconds"]) == {"design_and_compile", *STEPS, "total"}
+    assert rep["params"]["linear"]["t_in"] % 8 == 0 and rep["top_params"]["fifo_words"] >= 2
