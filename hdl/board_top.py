@@ -272,11 +272,12 @@ class BoardTop(wiring.Component):
             leds = []
             for i in range(16):
                 try:
-                    leds.append(platform.request("led", i))
+                    leds.append(platform.request("led", i, dir="-"))
                 except ResourceError:
                     break
             shown = [self.done, self.error, self.idle, self.running]
-            for i, led in enumerate(leds):
+            for i, pin in enumerate(leds):
+                m.submodules[f"led_buf{i}"] = led = io.Buffer("o", pin)
                 if i == len(leds) - 1 and len(leds) > len(shown):
                     m.d.comb += led.o.eq(beat[-1])
                     self.led_map[i] = "heartbeat"
