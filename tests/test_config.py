@@ -9,7 +9,7 @@ from accel.models.errors import ConfigError
 
 
 def test_zoo_loads_with_the_design_shapes():
-    assert zoo_names() == ["digits-moe", "m3vit-tiny", "m3vit-tiny-224"]
+    assert zoo_names() == ["digits-moe", "m3vit-tiny", "m3vit-tiny-224", "micro-moe"]
     t = load_config("m3vit-tiny")
     assert (t.tokens, t.dim, t.depth, t.heads, t.head_dim, t.mlp_hidden) == (129, 192, 12, 3, 64, 768)
     assert t.moe.layers == (1, 3, 5, 7, 9, 11) and (t.moe.experts, t.moe.top_k, t.moe.expert_hidden, t.moe.tasks) == (16, 2, 384, 2)
