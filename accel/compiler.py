@@ -12,7 +12,7 @@ dimension, its value, the design's limit and the parameter to raise.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -122,13 +122,13 @@ class _Plan:
         L = stream_layouts(params.linear)
         self.lin_layouts = L
         self.bw = params.beat_words
-
+        self.static_base = 0               # set once the image is laid out, before emitting
     # static data ---------------------------------------------------------------------------
     def blob(self, data: bytes) -> int:
         off = len(self.static)
         self.static += data
         self.static += bytes(_up(len(self.static), ALIGN) - len(self.static))
-        return off   # relative to the static region; fixed up by _Base
+        return off   # relative to the static region (emitters add pl.static_base)
 
     def beats(self, beats: list[int], words: int) -> int:
         return self.blob(b"".join(int(b).to_bytes(words * 8, "little") for b in beats))
@@ -176,11 +176,6 @@ def _check_linear(pl: _Plan, op: IntLinear, where: str):
         raise CapacityError(f"{where}: out_bits={op.requant.out_bits!r}; the linear kernel writes 8 or 16 bits")
 
 
-class _Base:
-    """Adds the static region's base to relative static offsets at emit time."""
-    static = 0
-
-
 def _linear(pl: _Plan, op: IntLinear, x: Buffer, y: Buffer, rows: int, where: str, y_row0: int = 0,
             x_row0: int = 0, mode: int = LIST.DENSE, expert: int = 0, fetch: bool = False,
             write: bool = True):
@@ -198,7 +193,7 @@ def _linear(pl: _Plan, op: IntLinear, x: Buffer, y: Buffer, rows: int, where: st
     def fn():
         ins = []
         if g_off is not None:
-            ins.append((dict(op=OP.READ, mode=MODE.RAW, port=PORT.LIN_G, base_a=_Base.static + g_off, n_beats=256,
+            ins.append((dict(op=OP.READ, mode=MODE.RAW, port=PORT.LIN_G, base_a=pl.static_base + g_off, n_beats=256,
                              wpb=1), f"{where}: GELU table"))
         if write:
             ins.append((dict(op=OP.WRITE, mode=WMODE.LIN, out16=int(out16), base_a=y.row(y_row0), stride_a=y.stride,
@@ -206,7 +201,7 @@ def _linear(pl: _Plan, op: IntLinear, x: Buffer, y: Buffer, rows: int, where: st
         ins.append((dict(op=OP.READ, mode=MODE.LIN, list=mode, expert=expert, count_rows=int(counted),
                          n_rows=0 if counted else rows, base_a=x.row(x_row0), stride_a=x.stride, n_reps=J,
                          n_chunks=K, wa=P.t_in // 8, wb=pl.bw[PORT.LIN_W], wpb=pl.bw[PORT.LIN_P],
-                         base_c=_Base.static + p_off, base_d=_Base.static + w_off, fetch=int(fetch)),
+                         base_c=pl.static_base + p_off, base_d=pl.static_base + w_off, fetch=int(fetch)),
                     f"{where}: {J} tiles x {K} chunks"))
         if write:
             ins.append((dict(op=OP.WAIT, n_beats=0 if counted else rows * J, count_rows=int(counted),
@@ -234,7 +229,7 @@ def _layernorm(pl: _Plan, op: IntLayerNorm, x: Buffer, y: Buffer, rows: int, whe
 
     def fn():
         return [
-            (dict(op=OP.READ, mode=MODE.RAW, port=PORT.LN_C, base_a=_Base.static + c_off, n_beats=nb,
+            (dict(op=OP.READ, mode=MODE.RAW, port=PORT.LN_C, base_a=pl.static_base + c_off, n_beats=nb,
                   wpb=pl.bw[PORT.LN_C]), f"{where}: LayerNorm constants"),
             (dict(op=OP.WRITE, mode=WMODE.ROWS, port=0, base_a=y.row(0), stride_a=y.stride), f"{where}: -> {y.name}"),
             (dict(op=OP.READ, mode=MODE.ROWS, port=PORT.LN_X, n_rows=rows, n_chunks=nb, na=1, wa=pl.bw[PORT.LN_X],
@@ -249,7 +244,6 @@ def _residual(pl: _Plan, op: IntResidualAdd, x: Buffer, b: Buffer, y: Buffer, ro
     D = x.cols
     if D % L:
         raise CapacityError(f"{where}: width={D!r} is not a multiple of the residual lanes={L}")
-    from accel.hdl.top import ResidualUnit  # noqa: F401  (layout lives on the unit)
     word = int(op.mult_x) | (int(op.mult_b) << 23) | (int(op.shift) << 46)
     c_off = pl.blob(word.to_bytes(8, "little"))
     nb = D // L
@@ -259,7 +253,7 @@ def _residual(pl: _Plan, op: IntResidualAdd, x: Buffer, b: Buffer, y: Buffer, ro
 
     def fn():
         return [
-            (dict(op=OP.READ, mode=MODE.RAW, port=PORT.RES_C, base_a=_Base.static + c_off, n_beats=1, wpb=1),
+            (dict(op=OP.READ, mode=MODE.RAW, port=PORT.RES_C, base_a=pl.static_base + c_off, n_beats=1, wpb=1),
              f"{where}: residual constants"),
             (dict(op=OP.WRITE, mode=WMODE.ROWS, port=1, base_a=y.row(0), stride_a=y.stride), f"{where}: -> {y.name}"),
             (dict(op=OP.READ, mode=MODE.ROWS, port=PORT.RES_I, n_rows=rows, n_chunks=nb, na=1, wa=L // 4,
@@ -294,7 +288,7 @@ def _attention(pl: _Plan, op: IntAttention, qkv: Buffer, o: Buffer, rows: int, w
         ins = []
         for g in range(groups):
             valid = min(A.heads, op.heads - g * A.heads)
-            ins.append((dict(op=OP.READ, mode=MODE.RAW, port=PORT.ATT_CFG, base_a=_Base.static + c_off, n_beats=1,
+            ins.append((dict(op=OP.READ, mode=MODE.RAW, port=PORT.ATT_CFG, base_a=pl.static_base + c_off, n_beats=1,
                              wpb=pl.bw[PORT.ATT_CFG]), f"{where}: head group {g} constants"))
             ins.append((dict(op=OP.WRITE, mode=WMODE.ATT, base_a=o.row(0) + g * span, stride_a=o.stride,
                              cstep_a=A.t_a, sstep_a=hd, na=valid), f"{where}: group {g} -> {o.name}"))
@@ -325,7 +319,7 @@ def _gate(pl: _Plan, gate: IntGate, x: Buffer, logits: Buffer, rows: int, where:
 
     def fn():
         return [
-            (dict(op=OP.READ, mode=MODE.RAW, port=PORT.GATE_C, base_a=_Base.static + c_off, n_beats=1,
+            (dict(op=OP.READ, mode=MODE.RAW, port=PORT.GATE_C, base_a=pl.static_base + c_off, n_beats=1,
                   wpb=pl.bw[PORT.GATE_C]), f"{where}: gate constants"),
             (dict(op=OP.WRITE, mode=WMODE.GATE, na=gate.top_k), f"{where}: results -> expert queues"),
             (dict(op=OP.READ, mode=MODE.ROWS, port=PORT.GATE_L, n_rows=rows, n_chunks=1, na=1,
@@ -368,7 +362,7 @@ def _moe(pl: _Plan, layer, moe: IntMoE, x: Buffer, y: Buffer, rows: int):
         return [
             (dict(op=OP.WRITE, mode=WMODE.LIN, base_a=y.row(0), stride_a=y.stride, cstep_a=P.t_out),
              f"{layer}/moe: combine -> {y.name}"),
-            (dict(op=OP.READ, mode=MODE.RAW, port=PORT.LIN_P, base_a=_Base.static + f_off, n_beats=1,
+            (dict(op=OP.READ, mode=MODE.RAW, port=PORT.LIN_P, base_a=pl.static_base + f_off, n_beats=1,
                   wpb=pl.bw[PORT.LIN_P]), f"{layer}/moe: flush the expert accumulator"),
             (dict(op=OP.WAIT, n_beats=rows * J), f"{layer}/moe: wait"),
         ]
@@ -460,8 +454,7 @@ def compile_model(ref: IntegerModel, params: TopParams, blocks: list[int] | None
         out.append(OpOutput("head", "head", logits))
 
     # ---------------------------------------------------------------- layout
-    static_base = ALIGN
-    _Base.static = static_base
+    static_base = pl.static_base = ALIGN     # the emitters add it to their static offsets
     off = static_base + _up(len(pl.static), ALIGN)
     act0 = off
     for b in pl.buffers:

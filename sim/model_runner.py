@@ -20,8 +20,8 @@ from accel.hdl.layernorm import LayerNormParams
 from accel.hdl.linear import LinearParams
 from accel.hdl.residual import ResidualParams
 from accel.hdl.top import STATUS, TopParams, generate_verilog
-from accel.models.errors import AccelError, ShapeError
-from accel.sim.result import SimulationError, build_simulator, run_cocotb_jobs
+from accel.models.errors import ShapeError
+from accel.sim.result import build_simulator, run_cocotb_jobs
 
 __all__ = ["ModelSimResult", "top_params_for", "run_model", "model_job", "compare_run", "MEM_BASE"]
 
