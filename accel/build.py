@@ -41,11 +41,13 @@ from pathlib import Path
 
 from accel.boards import Board, Memory, load_board
 from accel.models.errors import AccelError
+from accel.multipliers import plan_multipliers, rtlil_multipliers
 from accel.perf import DoesNotFit
 
 __all__ = ["BuildError", "DoesNotFit", "STEPS", "YOWASP_TOOLS", "BuildResult", "tool_environment",
            "load_platform", "parse_nextpnr_report", "board_resources", "check_fit", "netlist_cells",
-           "nextpnr_failure", "build_top", "build_model", "buildable_space", "smallest_design"]
+           "nextpnr_failure", "build_top", "build_model", "buildable_space", "smallest_design",
+           "DesignChoice", "choose_design", "MULTIPLIER_SCRIPT"]
 
 STEPS = ("elaborate", "synthesize", "place_and_route", "pack", "report")
 
@@ -62,6 +64,7 @@ _CELL_KINDS = {
     "ice40": {"ICESTORM_LC": "lut", "ICESTORM_DSP": "dsp", "ICESTORM_RAM": "bram", "ICESTORM_SPRAM": "uram"},
 }
 _OPEN_FLOWS = {"trellis": "ecp5", "icestorm": "ice40"}
+MULTIPLIER_SCRIPT = "multipliers.ys"      # written in the elaborate step, run by Yosys after read_rtlil
 
 
 class BuildError(AccelError):
@@ -210,8 +213,8 @@ def check_fit(counts: dict[str, int], board: Board, where: str = "synthesis") ->
     for kind, (need, cells) in demand.items():
         have = board.resources.get(kind)
         if need > have:
-            hint = (" or map the multipliers to LUTs (--no-dsp; each MULT18X18D / SB_MAC16 becomes a few hundred "
-                    "LUTs)") if kind == "dsp" else ""
+            hint = (" or build more multipliers from LUTs (a smaller DSP budget, --dsp-budget; or all of them, "
+                    "--no-dsp)") if kind == "dsp" else ""
             raise DoesNotFit(f"the design does not fit {board.name} ({board.part}): {where} needs {need} {kind.upper()} "
                              f"({cells}) but the part has {have}: {need - have} too many ({100 * need / have:.0f}%). "
                              f"Choose a smaller design (`accel dse` with this board, or smaller --params){hint}")
@@ -317,10 +320,12 @@ def _run_tool(step: str, argv: list[str], cwd: Path, env: dict, log: Path, say, 
 
 def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Callable[[str], None] | None = None,
               env: dict[str, str] | None = None, name: str = "top", check_fit_after_synthesis: bool = True,
-              dsp: bool = True, heartbeat_s: float = 20.0) -> BuildResult:
+              dsp: bool = True, heartbeat_s: float = 20.0, dsp_budget: int | None = None) -> BuildResult:
     """Steps elaborate .. report (without the model's predictions) for an elaboratable ``top``
     on ``board``; the plan, logs and bitstream go to ``build_dir``. ``dsp=False``: multipliers in
-    LUTs (Yosys ``-nodsp`` on ECP5; iCE40 then synthesizes without ``-dsp``)."""
+    LUTs (Yosys ``-nodsp`` on ECP5; iCE40 then synthesizes without ``-dsp``). With DSPs, products
+    beyond ``dsp_budget`` DSP blocks (default: the part's count) are built from LUTs, cheapest
+    first (accel.multipliers)."""
     board = board if isinstance(board, Board) else load_board(board)
     say = _say(progress)
     family = _OPEN_FLOWS.get(board.flow)
@@ -345,14 +350,26 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
         opts["synth_opts"] = "-dsp"
     elif family == "ecp5" and not dsp:
         opts["synth_opts"] = "-nodsp"
+    if dsp:
+        # which products go to DSP blocks is decided on the RTLIL below, in this script (accel.multipliers)
+        opts["script_after_read"] = f"script {MULTIPLIER_SCRIPT}"
     plan = platform.build(top, name=name, do_build=False, do_program=False, **opts)
     if build_dir.exists():
         for stale in ("nextpnr_report.json", f"{name}.bit", f"{name}.bin", f"{name}.json", f"{name}.config",
-                      f"{name}.asc"):
+                      f"{name}.asc", MULTIPLIER_SCRIPT):
             (build_dir / stale).unlink(missing_ok=True)
     _write_plan(plan, build_dir)
+    mul_plan = None
+    if dsp:
+        budget = board.resources.dsp if dsp_budget is None else dsp_budget
+        mul_plan = plan_multipliers(rtlil_multipliers(plan.files[f"{name}.il"]), family, budget)
+        (build_dir / MULTIPLIER_SCRIPT).write_text(mul_plan.yosys_script())
     commands = json.loads(plan.files[f"build_{name}.json"])["commands"]
-    end(0, t, f" ({build_dir})")
+    detail = f" ({build_dir})"
+    if mul_plan is not None and mul_plan.on_luts:
+        detail += (f"; {len(mul_plan.on_luts)} multipliers in LUTs to stay within {mul_plan.budget} DSP blocks "
+                   f"(estimate {mul_plan.dsp_before} -> {mul_plan.dsp_estimate})")
+    end(0, t, detail)
 
     synth_counts: dict[str, int] = {}
     for argv in commands:
@@ -400,7 +417,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
                       for k, v in parsed["fmax"].items()))
     return BuildResult(board=board.name, build_dir=str(build_dir), bitstream=str(bit), fmax=parsed["fmax"],
                        cells=parsed["cells"], resources=resources, synth_cells=synth_counts, seconds=seconds,
-                       timing_met=timing_met, critical_paths=parsed["critical_paths"], clock_mhz=clock)
+                       timing_met=timing_met, critical_paths=parsed["critical_paths"], clock_mhz=clock,
+                       extra={"multipliers": mul_plan.to_json() if mul_plan is not None else {"dsp": False}})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,6 +440,41 @@ def smallest_design(cfg, board: Board):
     return design_for(cfg, 8, 8, 1, 2, 8, 1, 1, ln_lanes=8, clock_mhz=board.target_mhz)
 
 
+@dataclass(frozen=True)
+class DesignChoice:
+    perf: object                 # accel.perf.Performance of the design
+    source: str                  # where the design came from, for the report
+    search: object = None        # accel.dse.SearchResult when the search ran and found it
+    board: Board | None = None
+
+    def perf_json(self) -> dict:
+        from accel.perf import performance_json
+        return performance_json(self.perf, self.board)
+
+
+def choose_design(cfg, board: Board, params: str | Path | None = None, *,
+                  progress: Callable[[str], None] | None = None) -> DesignChoice:
+    """The design to build: from a ``params`` file (``accel dse --json``), else the heuristic
+    search over the designs the top builds (:func:`buildable_space`), else, when the cost model
+    says none fits, the smallest of them (synthesis then decides, naming what does not fit)."""
+    from accel.perf import evaluate
+    from accel.project import load_design_params
+    say = _say(progress)
+    if params is not None:
+        return DesignChoice(evaluate(cfg, board, load_design_params(params, cfg, board)), str(params), None, board)
+    from accel.dse import heuristic_search
+    say(f"design search for {cfg.name} on {board.name} (tiles in whole 64-bit words)")
+    try:
+        res = heuristic_search(cfg, board, space=buildable_space(), progress=say)
+        return DesignChoice(res.best, "heuristic search (accel dse, tiles in whole 64-bit words)", res, board)
+    except DoesNotFit as exc:
+        perf = evaluate(cfg, board, smallest_design(cfg, board))
+        source = ("the smallest buildable design: the search found none that fits by the cost model "
+                  f"({exc}); synthesis decides")
+        say(f"warning: {source}")
+        return DesignChoice(perf, source, None, board)
+
+
 def _sync_fmax(fmax: dict) -> tuple[str, dict] | None:
     """The clock that drives the accelerator: the one with the highest constraint (the PLL output
     on ECP5 builds; the only clock otherwise)."""
@@ -432,35 +485,22 @@ def _sync_fmax(fmax: dict) -> tuple[str, dict] | None:
 
 
 def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out: str | Path = "build/bitstream",
-                params: str | Path | None = None, *, image: int = 0, dsp: bool = True,
+                params: str | Path | None = None, *, image: int = 0, dsp: bool = True, dsp_budget: int | None = None,
                 progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
     """The whole flow for a model: the design (``params`` file or the search), the compiled memory
     image with evaluation image ``image``'s patches in place, the board top, the bitstream, and
     ``out/report.json``. Returns the report."""
     from accel.models.config import load_config
     from accel.perf import evaluate
-    from accel.project import load_design_params, top_params
+    from accel.project import top_params
     say = _say(progress)
     t_all = time.perf_counter()
     board = board if isinstance(board, Board) else load_board(board)
     load_platform(board, str(model))    # AMD boards and boards without a platform stop here, before any work
     cfg = load_config(model)
     out = Path(out)
-    if params is None:
-        from accel.dse import heuristic_search
-        say(f"design search for {cfg.name} on {board.name} (tiles in whole 64-bit words)")
-        try:
-            perf = heuristic_search(cfg, board, space=buildable_space(), progress=say).best
-            source = "heuristic search (accel dse, tiles in whole 64-bit words)"
-        except DoesNotFit as exc:
-            perf = evaluate(cfg, board, smallest_design(cfg, board))
-            source = ("the smallest buildable design: the search found none that fits by the cost model "
-                      f"({exc}); synthesis decides")
-            say(f"warning: {source}")
-    else:
-        perf = evaluate(cfg, board, load_design_params(params, cfg, board))
-        source = str(params)
-    design = perf.design
+    choice = choose_design(cfg, board, params, progress=say)
+    perf, source, design = choice.perf, choice.source, choice.perf.design
     cost_model = {k: {"predicted": round(perf.resources[k], 1), "budget": perf.budget[k]} for k in perf.resources}
     if not perf.fits:
         over = ", ".join(f"{k.upper()} {perf.resources[k]:.0f} > {perf.budget[k]}" for k in perf.resources
@@ -491,7 +531,8 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
                          "this flow keeps the image on chip, so pick a smaller model or a larger part")
     top = BoardTop(tp, words, comp.program_offset, clock_mhz=design.clock_mhz)
     t_prepare = round(time.perf_counter() - t_all, 2)
-    res = build_top(top, board, out / "gateware", progress=say, dsp=dsp, heartbeat_s=heartbeat_s)
+    res = build_top(top, board, out / "gateware", progress=say, dsp=dsp, dsp_budget=dsp_budget,
+                    heartbeat_s=heartbeat_s)
 
     achieved = _sync_fmax(res.fmax)
     fmax_sync = achieved[1]["achieved_mhz"] if achieved else None

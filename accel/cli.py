@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from accel.models.errors import AccelError
+from accel.perf import performance_json
 
 DEFAULT_MODEL = "digits-moe"
 DEFAULT_BOARD = "ulx3s-85f"
@@ -123,26 +123,6 @@ def cmd_import(args) -> dict:
             print(f"  skipped on request: {', '.join(res['skipped'])}")
         print(f"  use it as: accel eval --model {res['name']}")
     return res
-
-
-def performance_json(perf, board) -> dict:
-    d = perf.design
-    return {
-        "fps": round(perf.fps, 2), "throughput_fps": round(perf.throughput_fps, 2),
-        "latency_ms": round(perf.latency_ms, 4), "gops": round(perf.gops, 2),
-        "dsp_efficiency": round(perf.dsp_efficiency, 4), "clock_mhz": d.clock_mhz,
-        "params": d.to_json(),
-        "resources": {k: {"used": perf.resources[k], "available": perf.budget[k],
-                          "utilization": round(perf.resources[k] / perf.budget[k], 4) if perf.budget[k] else None}
-                      for k in perf.resources},
-        "resources_by_block": perf.blocks, "binding": perf.binding,
-        "cycles_per_image": perf.cycles_per_image, "cycles_by_kind": perf.cycles_by_kind,
-        "load_bound_cycles": perf.load_bound_cycles, "unchecked_cycles": perf.unchecked_cycles,
-        "weight_bytes_per_image": perf.weight_bytes_per_image,
-        "basis": (f"predicted by the cost models at {d.clock_mhz:g} MHz on {board.name}; kernels' cycle models are "
-                  "checked against RTL simulation, resources against Yosys (not Vivado); "
-                  f"{perf.unchecked_cycles} cycles/image come from units without RTL yet"),
-    }
 
 
 def cmd_dse(args) -> dict:
@@ -277,46 +257,35 @@ def cmd_sim_model(args) -> dict:
 
 
 def cmd_run(args) -> dict:
-    """The main job on the bundled defaults, as far as it exists: evaluate float vs integer, then
-    search the design space for the board, and write the report folder."""
-    from accel.boards import load_board
-    from accel.dse import heuristic_search
-    from accel.evaluate import evaluate
-    from accel.models.config import load_config
-    from accel.plots import pareto_plot
-    say = _progress(True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    say("step 1/2: float model vs integer reference")
-    ev = evaluate(args.model, 0, None, say).to_json()
-    say(f"step 2/2: design search for {args.board}")
-    cfg, board = load_config(args.model), load_board(args.board)
-    res = heuristic_search(cfg, board, progress=say)
-    dse = {**performance_json(res.best, board), "evaluations": res.evaluations, "seconds": round(res.seconds, 3)}
-    pareto_plot(res, str(out / "pareto.png"), f"{cfg.name} on {board.name}")
-    report = {"model": args.model, "board": args.board, "eval": ev, "dse": dse,
-              "seconds": round(time.perf_counter() - t0, 2),
-              "stages_not_yet_built": ["rtl simulation through the host driver", "bitstream"]}
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_jsonable))
-    lines = [f"# accel run: {args.model} on {args.board}", "", "## Float vs integer", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in ev.items()]
-    lines += ["", "## Design search (predictions)", "", dse["basis"], "",
-              f"- {dse['fps']} FPS at batch 1, {dse['latency_ms']} ms, {dse['gops']} GOPS, DSP efficiency {dse['dsp_efficiency']}",
-              f"- binding resource: {dse['binding']}", "", "| resource | used | available |", "|---|---|---|"]
-    lines += [f"| {k} | {r['used']:.0f} | {r['available']} |" for k, r in dse["resources"].items()]
-    lines += ["", "![Pareto fronts](pareto.png)"]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    report["report_dir"] = str(out)
+    """The main job: evaluate, search, generate, simulate through the host driver, build, report."""
+    from accel.run import RunConfig, run
+    skip = tuple(s for s, off in (("simulate", args.no_sim), ("build", args.no_build)) if off)
+    cfg = RunConfig(model=args.model, board=args.board, out=Path(args.out), images=args.images,
+                    stalls=not args.no_stalls, skip=skip, stop_after=args.stop_after)
+    rep = run(cfg, progress=_progress(True))
     if not args.json:
+        out = Path(rep["report_dir"])
         print(f"accel run: {args.model} on {args.board}")
-        if ev["fp_accuracy"] is not None:
-            print(f"  float accuracy {ev['fp_accuracy']:.4f}, integer accuracy {ev['int_accuracy']:.4f} "
-                  f"on {ev['samples']} held-out images")
-        print(f"  feature cosine {ev['cosine']:.5f}, top-1 agreement {ev['top1_agreement']}")
-        print(f"  design: {dse['fps']:.1f} FPS predicted at {res.best.design.clock_mhz:g} MHz, binding {dse['binding']}")
-        print(f"  report: {out / 'report.json'}, {out / 'report.md'}, {out / 'pareto.png'}")
-    return report
+        ev = rep.get("evaluate")
+        if ev:
+            if ev["fp_accuracy"] is not None:
+                print(f"  float accuracy {ev['fp_accuracy']:.4f}, integer accuracy {ev['int_accuracy']:.4f} "
+                      f"on {ev['samples']} held-out images")
+            print(f"  feature cosine {ev['cosine']:.5f}, top-1 agreement {ev['top1_agreement']}")
+        se = rep.get("search")
+        if se:
+            print(f"  design: {se['fps']:.1f} FPS predicted at {se['clock_mhz']:g} MHz ({se['source']})")
+        si = rep.get("simulate")
+        if si and not si.get("skipped"):
+            d = si["driver"]
+            print(f"  RTL through the host driver: {d['images']} image(s), {d['mismatches']} differing logits "
+                  f"({'bit-exact' if si['bit_exact'] else 'NOT bit-exact'}), {d['cycles_per_image']:,.0f} cycles/image")
+        bu = rep.get("build")
+        if bu and not bu.get("skipped"):
+            fm = bu["predicted"]["fmax_mhz"]
+            print(f"  bitstream: {bu['bitstream']}, Fmax {fm:.1f} MHz ({'met' if bu['timing_met'] else 'NOT met'})")
+        print(f"  report: {out / 'report.md'} ({rep['seconds']['total']:.0f} s)")
+    return rep
 
 
 def cmd_project(args) -> dict:
@@ -334,7 +303,7 @@ def cmd_project(args) -> dict:
 def cmd_build(args) -> dict:
     from accel.build import build_model
     res = build_model(args.board, args.model, args.out, params=args.params, dsp=not args.no_dsp,
-                      progress=_progress(True))
+                      dsp_budget=args.dsp_budget, progress=_progress(True))
     if not args.json:
         p = res["predicted"]
         print(f"{res['model']} on {res['board']} ({res['part']}): {res['bitstream']}")
@@ -443,11 +412,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/bitstream", help="folder for report.json and gateware/ (created)")
     p.add_argument("--params", default=None, metavar="FILE.json",
                    help="the design from `accel dse --json` instead of running the search")
-    p.add_argument("--no-dsp", action="store_true", help="multipliers in LUTs (when they exceed the part's DSPs)")
-    p = add("run", cmd_run, "the main job on the bundled default model and board")
+    p.add_argument("--no-dsp", action="store_true", help="every multiplier in LUTs")
+    p.add_argument("--dsp-budget", type=int, default=None, metavar="N",
+                   help="DSP blocks the multipliers may use (default: the part's count); the products cheapest "
+                        "in LUTs beyond it are built from LUTs")
+    p = add("run", cmd_run, "the main job on the bundled default model and board: evaluate, search, generate, "
+                            "simulate through the host driver, build the bitstream, report")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--board", default=DEFAULT_BOARD)
     p.add_argument("--out", default="build/run", help="report folder")
+    p.add_argument("--images", type=int, default=8, help="evaluation images simulated through the host driver")
+    p.add_argument("--no-stalls", action="store_true", help="simulate without random memory stalls")
+    p.add_argument("--no-sim", action="store_true", help="skip the RTL simulation step")
+    p.add_argument("--no-build", action="store_true", help="skip the bitstream step")
+    p.add_argument("--stop-after", default="report", choices=("evaluate", "search", "generate", "simulate", "build",
+                                                               "report"), help="end the run after this step")
     return ap
 
 

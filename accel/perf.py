@@ -33,7 +33,7 @@ from accel.hdl.residual import ResidualParams, residual_cycles, residual_resourc
 from accel.models.config import ModelConfig
 from accel.models.errors import AccelError
 
-__all__ = ["Design", "Performance", "DoesNotFit", "design_for", "evaluate", "model_weight_bytes",
+__all__ = ["Design", "Performance", "DoesNotFit", "design_for", "evaluate", "model_weight_bytes", "performance_json",
            "KINDS"]
 
 KINDS = ("patch_embed", "layernorm", "qkv", "attention", "proj", "residual", "mlp", "gate", "experts", "head")
@@ -241,3 +241,23 @@ def check_model_fits_board(cfg: ModelConfig, board: Board) -> None:
         raise DoesNotFit(f"model {cfg.name!r}: weights {need / 1e6:.2f} MB need off-chip memory; board "
                          f"{board.name!r} has none and {on_chip / 1e3:.0f} KB of on-chip RAM (short by "
                          f"{(need - on_chip) / 1e6:.2f} MB)")
+
+
+def performance_json(perf, board) -> dict:
+    d = perf.design
+    return {
+        "fps": round(perf.fps, 2), "throughput_fps": round(perf.throughput_fps, 2),
+        "latency_ms": round(perf.latency_ms, 4), "gops": round(perf.gops, 2),
+        "dsp_efficiency": round(perf.dsp_efficiency, 4), "clock_mhz": d.clock_mhz,
+        "params": d.to_json(),
+        "resources": {k: {"used": perf.resources[k], "available": perf.budget[k],
+                          "utilization": round(perf.resources[k] / perf.budget[k], 4) if perf.budget[k] else None}
+                      for k in perf.resources},
+        "resources_by_block": perf.blocks, "binding": perf.binding,
+        "cycles_per_image": perf.cycles_per_image, "cycles_by_kind": perf.cycles_by_kind,
+        "load_bound_cycles": perf.load_bound_cycles, "unchecked_cycles": perf.unchecked_cycles,
+        "weight_bytes_per_image": perf.weight_bytes_per_image,
+        "basis": (f"predicted by the cost models at {d.clock_mhz:g} MHz on {board.name}; kernels' cycle models are "
+                  "checked against RTL simulation, resources against Yosys (not Vivado); "
+                  f"{perf.unchecked_cycles} cycles/image come from units without RTL yet"),
+    }

@@ -38,3 +38,32 @@ def pareto_plot(result, path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def cycles_per_layer_plot(by_op: list[dict], path: str, title: str) -> None:
+    """Cycles of each op of one image in program order: the RTL simulation's count beside the
+    compiler cost model's prediction (``by_op``: ModelSimResult.cycles_by_op)."""
+    if not by_op:
+        raise ValueError("cycles_per_layer_plot: no ops to plot (the simulation ran no image)")
+    n = len(by_op)
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.32 * n + 2), 4.6))
+    xs = range(n)
+    ax.bar([x - 0.2 for x in xs], [d["cycles"] for d in by_op], width=0.4, color="#4477aa", label="RTL simulation")
+    ax.bar([x + 0.2 for x in xs], [d["predicted"] for d in by_op], width=0.4, color="#ee7733",
+           label="cost model (accel.compiler_cost)")
+    layers = [d["op"].split("/")[0] for d in by_op]
+    for x in range(1, n):
+        if layers[x] != layers[x - 1]:
+            ax.axvline(x - 0.5, c="k", lw=0.5, alpha=0.4)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([d["op"] for d in by_op], rotation=90, fontsize=7)
+    ax.set_ylabel("cycles")
+    ax.set_yscale("log")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    total, pred = sum(d["cycles"] for d in by_op), sum(d["predicted"] for d in by_op)
+    ax.set_title(f"{title}: {total:,} cycles in RTL, {pred:,} predicted ({(pred / total - 1) * 100:+.1f}%)"
+                 if total else title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -70,6 +70,8 @@ class ModelSimResult:
     waveform: str | None = None
     memory: dict = field(default_factory=dict)
     status: list[int] = field(default_factory=list)
+    # image 0, op by op in program order: {"op", "kind", "cycles" (RTL), "predicted" (accel.compiler_cost)}
+    cycles_by_op: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -227,6 +229,11 @@ def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | Non
             by_kind[kd]["predicted"] += c / len(runs)
     by_kind = {kd: {"cycles": int(round(v["cycles"])), "predicted": int(round(v["predicted"]))}
                for kd, v in by_kind.items()}
+    by_op = []
+    if runs:
+        measured = dict(cycles_per_op(comp, runs[0]["fetch_cycles"], runs[0]["cycles"]))
+        by_op = [{"op": op, "kind": kind_of(op), "cycles": int(measured.get(op, 0)), "predicted": int(round(c))}
+                 for op, c in preds[0][2]]
     return ModelSimResult(
         model=name, images=len(runs), mismatches=mismatches,
         int_accuracy=float(np.mean(int_pred[:len(runs)] == labels[:len(runs)])) if has_labels else None,
@@ -237,7 +244,7 @@ def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | Non
         memory={"words_read": res["words_read"], "words_written": res["words_written"], "bursts": res["bursts"],
                 "image_bytes": comp.image_bytes, "static_bytes": comp.static_bytes,
                 "activation_bytes": comp.activation_bytes, "instructions": len(comp.program)},
-        status=[r["status"] for r in runs])
+        status=[r["status"] for r in runs], cycles_by_op=by_op)
 
 
 def op_of(comment: str) -> str:
