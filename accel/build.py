@@ -452,23 +452,27 @@ class DesignChoice:
         return performance_json(self.perf, self.board)
 
 
-def choose_design(cfg, board: Board, params: str | Path | None = None, *,
+def choose_design(cfg, board: Board, params: str | Path | None = None, *, dsp: bool = True,
                   progress: Callable[[str], None] | None = None) -> DesignChoice:
     """The design to build: from a ``params`` file (``accel dse --json``), else the heuristic
     search over the designs the top builds (:func:`buildable_space`), else, when the cost model
-    says none fits, the smallest of them (synthesis then decides, naming what does not fit)."""
+    says none fits, the smallest of them (synthesis then decides, naming what does not fit).
+    ``dsp``: the build uses DSP blocks and builds the multipliers beyond them from LUTs (the cost
+    model charges accel.perf.LUT_PER_DSP LUTs each); else every multiplier is in LUTs."""
     from accel.perf import evaluate
     from accel.project import load_design_params
     say = _say(progress)
     if params is not None:
-        return DesignChoice(evaluate(cfg, board, load_design_params(params, cfg, board)), str(params), None, board)
+        design = load_design_params(params, cfg, board)
+        return DesignChoice(evaluate(cfg, board, design, multipliers_in_luts=dsp), str(params), None, board)
     from accel.dse import heuristic_search
-    say(f"design search for {cfg.name} on {board.name} (tiles in whole 64-bit words)")
+    how = "tiles in whole 64-bit words" + (", multipliers beyond the DSPs in LUTs" if dsp else "")
+    say(f"design search for {cfg.name} on {board.name} ({how})")
     try:
-        res = heuristic_search(cfg, board, space=buildable_space(), progress=say)
-        return DesignChoice(res.best, "heuristic search (accel dse, tiles in whole 64-bit words)", res, board)
+        res = heuristic_search(cfg, board, space=buildable_space(), progress=say, multipliers_in_luts=dsp)
+        return DesignChoice(res.best, f"heuristic search (accel dse, {how})", res, board)
     except DoesNotFit as exc:
-        perf = evaluate(cfg, board, smallest_design(cfg, board))
+        perf = evaluate(cfg, board, smallest_design(cfg, board), multipliers_in_luts=dsp)
         source = ("the smallest buildable design: the search found none that fits by the cost model "
                   f"({exc}); synthesis decides")
         say(f"warning: {source}")
@@ -499,7 +503,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     load_platform(board, str(model))    # AMD boards and boards without a platform stop here, before any work
     cfg = load_config(model)
     out = Path(out)
-    choice = choose_design(cfg, board, params, progress=say)
+    choice = choose_design(cfg, board, params, dsp=dsp, progress=say)
     perf, source, design = choice.perf, choice.source, choice.perf.design
     cost_model = {k: {"predicted": round(perf.resources[k], 1), "budget": perf.budget[k]} for k in perf.resources}
     if not perf.fits:
@@ -539,7 +543,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     # this bitstream keeps the image in on-chip RAM behind one 64-bit AXI port: 8 bytes per cycle
     def predict(mhz: float):
         mem = Memory("on-chip AxiRam", "bram", 1, 8 * mhz * 1e6 / 1e9, len(img) / 1e9)
-        return evaluate(cfg, replace(board, memories=(mem,)), replace(design, clock_mhz=mhz))
+        return evaluate(cfg, replace(board, memories=(mem,)), replace(design, clock_mhz=mhz), multipliers_in_luts=dsp)
 
     at_fmax = predict(fmax_sync) if fmax_sync else None
     at_clock = predict(res.clock_mhz or design.clock_mhz)

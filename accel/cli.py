@@ -288,9 +288,41 @@ def cmd_run(args) -> dict:
     return rep
 
 
+def _hls4ml(model: str, board: str, out, layers: str | None, images: int) -> dict:
+    import contextlib
+    from accel.boards import load_board
+    from accel.hls4ml_export import export_layers
+    b = load_board(board)
+    if b.flow not in ("vivado", "vitis"):
+        raise AccelError(f"--board {board}: hls4ml writes Vitis HLS projects for AMD parts; {board} is built with "
+                         f"the {b.flow} flow ({b.part}); pass an AMD board such as zcu102, kv260 or u280")
+    with contextlib.redirect_stdout(sys.stderr):      # hls4ml prints as it converts; --json owns stdout
+        return export_layers(model, out, layers=layers.split(",") if layers else None, images=images, part=b.part,
+                             progress=_progress(True))
+
+
+def _print_hls4ml(doc: dict) -> None:
+    print(f"hls4ml export of {doc['model']} ({doc['backend']}, {doc['part']}): "
+          f"{'bit-exact' if doc['bit_exact'] else 'MISMATCHES'} on {doc['images']} image(s)")
+    for c in doc["layers"]:
+        print(f"  {c['layer']:<16} {c['d_in']:>5} -> {c['d_out']:<5} {c['rows']:>4} rows  "
+              f"accumulator mismatches {c['acc_mismatches']}, output mismatches {c['out_mismatches']}  {c['project']}")
+
+
+def cmd_hls4ml(args) -> dict:
+    doc = _hls4ml(args.model, args.board, args.out, args.layers, args.images)
+    if not args.json:
+        _print_hls4ml(doc)
+    if not doc["bit_exact"]:
+        raise AccelError(f"hls4ml's C simulation differs from the integer reference; see {args.out}/hls4ml.json")
+    return doc
+
+
 def cmd_project(args) -> dict:
     from accel.project import generate_project
     res = generate_project(args.board, args.model, args.out, params=args.params, progress=_progress(True))
+    if args.hls4ml:
+        res["hls4ml"] = _hls4ml(args.model, args.board, Path(args.out) / "hls4ml", None, 2)
     if not args.json:
         p = res["predicted"]
         print(f"{res['model']} on {res['board']} ({res['part']}, {res['flow']}): project in {res['out']}")
@@ -406,6 +438,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="project folder (created)")
     p.add_argument("--params", default=None, metavar="FILE.json",
                    help="the design from `accel dse --json` instead of running the search")
+    p.add_argument("--hls4ml", action="store_true",
+                   help="also export the MLP/expert linear layers as hls4ml (Vitis HLS) projects under OUT/hls4ml, "
+                        "each checked against the integer reference in hls4ml's C simulation")
+    p = add("hls4ml", cmd_hls4ml, "the MLP and expert linear layers as hls4ml Vitis HLS projects, checked in C "
+                                  "simulation against the integer reference")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--board", default="zcu102", help="an AMD board: its part goes into the projects")
+    p.add_argument("--out", default="build/hls4ml", help="folder for the projects and hls4ml.json (created)")
+    p.add_argument("--layers", default=None, help="comma-separated, e.g. 0/fc1,1/expert2.fc2 (default: all)")
+    p.add_argument("--images", type=int, default=2, help="evaluation images whose activations are checked")
     p = add("build", cmd_build, "a bitstream with the open toolchain (ECP5, iCE40) and its timing/utilization report")
     p.add_argument("--board", default=DEFAULT_BOARD)
     p.add_argument("--model", default=DEFAULT_MODEL)

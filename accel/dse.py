@@ -45,6 +45,7 @@ class Space:
     t_a: tuple[int, ...] = (4, 8, 16, 32)
     heads: tuple[int, ...] = (1, 2, 3, 4)
     n_a: tuple[int, ...] = (1, 2, 4)
+    ln_emit_lanes: int | None = None   # LayerNorm lanes normalized per cycle, at most (None: all lanes)
 
     def linear_points(self):
         return list(itertools.product(self.t_in, self.t_out, self.n_lanes, self.ln_lanes))
@@ -78,8 +79,11 @@ class _Evaluator:
     """Builds and evaluates designs, counting every evaluation and skipping invalid parameter
     combinations (a generator's own checks, e.g. too many MACs)."""
 
-    def __init__(self, cfg: ModelConfig, board: Board):
+    def __init__(self, cfg: ModelConfig, board: Board, multipliers_in_luts: bool = False,
+                 ln_emit_lanes: int | None = None):
         self.cfg, self.board = cfg, board
+        self.multipliers_in_luts = multipliers_in_luts
+        self.ln_emit_lanes = ln_emit_lanes
         self.count = 0
         self.explored: list[Performance] = []
         self._cache: dict[tuple, Performance | None] = {}
@@ -88,7 +92,7 @@ class _Evaluator:
         try:
             t_in, t_out, n_lanes, ln_lanes = lin
             return design_for(self.cfg, t_in, t_out, n_lanes, *att, ln_lanes=ln_lanes,
-                              clock_mhz=self.board.target_mhz)
+                              clock_mhz=self.board.target_mhz, ln_emit_lanes=self.ln_emit_lanes)
         except (LinearParamError, AttentionParamError):
             return None
 
@@ -100,7 +104,7 @@ class _Evaluator:
         perf = None
         if d is not None:
             self.count += 1
-            perf = evaluate(self.cfg, self.board, d)
+            perf = evaluate(self.cfg, self.board, d, multipliers_in_luts=self.multipliers_in_luts)
             self.explored.append(perf)
         self._cache[key] = perf
         return perf
@@ -123,11 +127,12 @@ def _no_fit_error(cfg: ModelConfig, board: Board, explored: list[Performance]) -
 
 
 def exhaustive_search(cfg: ModelConfig, board: Board, space: Space | None = None, objective: str = "latency",
-                      progress: Callable[[str], None] | None = None) -> SearchResult:
+                      progress: Callable[[str], None] | None = None, *,
+                      multipliers_in_luts: bool = False) -> SearchResult:
     space = space or default_space()
     check_model_fits_board(cfg, board)
     t0 = time.perf_counter()
-    ev = _Evaluator(cfg, board)
+    ev = _Evaluator(cfg, board, multipliers_in_luts, space.ln_emit_lanes)
     lin_pts, att_pts = space.linear_points(), space.attention_points(cfg)
     best = None
     total = len(lin_pts) * len(att_pts)
@@ -143,14 +148,20 @@ def exhaustive_search(cfg: ModelConfig, board: Board, space: Space | None = None
 
 
 def heuristic_search(cfg: ModelConfig, board: Board, space: Space | None = None, objective: str = "latency",
-                     progress: Callable[[str], None] | None = None, top: int = 3) -> SearchResult:
+                     progress: Callable[[str], None] | None = None, top: int = 3, *,
+                     multipliers_in_luts: bool = False) -> SearchResult:
+    """``multipliers_in_luts``: multipliers beyond the DSP budget cost LUTs instead (accel.perf.evaluate);
+    the DSP split of stage 1 then counts the LUT budget as DSP blocks' worth of multipliers."""
     space = space or default_space()
     check_model_fits_board(cfg, board)
     t0 = time.perf_counter()
-    ev = _Evaluator(cfg, board)
+    ev = _Evaluator(cfg, board, multipliers_in_luts, space.ln_emit_lanes)
     say = progress or (lambda s: None)
     lin_pts, att_pts = space.linear_points(), space.attention_points(cfg)
     dsp_budget = board.budget("dsp")
+    if multipliers_in_luts:
+        from accel.perf import LUT_PER_DSP
+        dsp_budget += board.budget("lut") // LUT_PER_DSP.get(board.family, 10**9)
 
     # ---- stage 1: kernel-level rankings, then the DSP split
     ref_att, ref_lin = att_pts[0], lin_pts[0]
@@ -159,7 +170,7 @@ def heuristic_search(cfg: ModelConfig, board: Board, space: Space | None = None,
         perf = ev(lin, ref_att)
         if perf is not None:
             lin_rank.append((perf.cycles_per_image - perf.cycles_by_kind["attention"],
-                             perf.resources["dsp"] - _att_dsp(perf), lin))
+                             _all_dsp(perf) - _att_dsp(perf), lin))
     att_rank = []
     for att in att_pts:
         perf = ev(ref_lin, att)
@@ -189,11 +200,16 @@ def heuristic_search(cfg: ModelConfig, board: Board, space: Space | None = None,
                 if _feasible(perf) and (best is None or _score(perf, objective) > _score(best, objective)):
                     best = perf
     if best is None:
-        # nothing fits at the DSP split: fall back to the smallest designs to say what does not fit
+        # nothing fits at the DSP split (another resource binds): start from the smallest designs,
+        # or say what does not fit when none of them does
         for lin in sorted(lin_pts, key=lambda x: x[0] * x[1] * x[2] * x[3])[:3]:
             for att in sorted(att_pts, key=lambda x: x[0] * x[1] * x[2] * x[3])[:3]:
-                ev(lin, att)
-        raise _no_fit_error(cfg, board, ev.explored)
+                perf = ev(lin, att)
+                if _feasible(perf) and (best is None or _score(perf, objective) > _score(best, objective)):
+                    best = perf
+        if best is None:
+            raise _no_fit_error(cfg, board, ev.explored)
+        say("stage 2: no design of the DSP splits fits; climbing from the smallest designs")
     axes_l = (space.t_in, space.t_out, space.n_lanes, space.ln_lanes)
     axes_a = (space.p, space.t_a, space.heads, space.n_a)
     improved = True
@@ -206,6 +222,11 @@ def heuristic_search(cfg: ModelConfig, board: Board, space: Space | None = None,
                 best, improved = perf, True
         say(f"stage 2: {_score(best, objective):.1f} FPS after {ev.count} evaluations")
     return SearchResult(best, ev.count, time.perf_counter() - t0, ev.explored, "heuristic")
+
+
+def _all_dsp(perf: Performance) -> float:
+    """DSP blocks of every multiplier, before any goes to LUTs."""
+    return sum(b["dsp"] for b in perf.blocks.values())
 
 
 def _att_dsp(perf: Performance) -> float:

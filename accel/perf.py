@@ -34,6 +34,7 @@ from accel.models.config import ModelConfig
 from accel.models.errors import AccelError
 
 __all__ = ["Design", "Performance", "DoesNotFit", "design_for", "evaluate", "model_weight_bytes", "performance_json",
+           "LUT_PER_DSP",
            "KINDS"]
 
 KINDS = ("patch_embed", "layernorm", "qkv", "attention", "proj", "residual", "mlp", "gate", "experts", "head")
@@ -79,6 +80,7 @@ class Performance:
     budget: dict[str, int]              # usable on the board, per kind
     fits: bool
     binding: str                        # the resource closest to its budget (or "bandwidth")
+    dsp_in_luts: int = 0                # DSP blocks' worth of multipliers built from LUTs (multipliers_in_luts)
 
     def utilization(self, kind: str) -> float:
         return self.resources[kind] / self.budget[kind] if self.budget[kind] else float("inf")
@@ -99,7 +101,8 @@ def model_weight_bytes(cfg: ModelConfig) -> int:
 
 
 def design_for(cfg: ModelConfig, t_in: int, t_out: int, n_lanes: int, p: int, t_a: int, heads: int, n_a: int,
-               ln_lanes: int = 8, stats_steps: int = 4, clock_mhz: float = 300.0) -> Design:
+               ln_lanes: int = 8, stats_steps: int = 4, clock_mhz: float = 300.0,
+               ln_emit_lanes: int | None = None) -> Design:
     """``stats_steps`` 4: the LayerNorm statistics take 21 cycles a row; more steps per cycle
     lengthen the combinational path of the isqrt/division (a timing risk at 300 MHz)."""
     """A design whose buffers are sized to the model (longest d_in/d_out, tokens, head width)."""
@@ -110,7 +113,8 @@ def design_for(cfg: ModelConfig, t_in: int, t_out: int, n_lanes: int, p: int, t_
                       max_tokens=cfg.tokens, expert=cfg.moe is not None)
     ap = AttentionParams(p=p, t_a=t_a, heads=heads, n_a=n_a, max_seq=cfg.tokens, head_dim=cfg.head_dim)
     lanes = min(ln_lanes, d & -d)   # a power of two dividing dim
-    ln = LayerNormParams(lanes=lanes, max_channels=d, stats_steps=stats_steps)
+    emit = None if ln_emit_lanes is None or ln_emit_lanes >= lanes else ln_emit_lanes
+    ln = LayerNormParams(lanes=lanes, max_channels=d, stats_steps=stats_steps, emit_lanes=emit)
     return Design(lp, ap, ln, clock_mhz, ln_lanes)
 
 
@@ -145,7 +149,15 @@ def _routing(cfg: ModelConfig) -> list[int]:
     return [base + (1 if e < extra else 0) for e in range(m.experts)]
 
 
-def evaluate(cfg: ModelConfig, board: Board, design: Design) -> Performance:
+# LUTs per DSP block's worth of multipliers built from logic (Yosys booth, accel.multipliers),
+# measured on the digits-moe accelerator on the ULX3S (docs/benchmarks.md, "Multipliers in LUTs")
+LUT_PER_DSP = {"ecp5": 100, "ice40": 120}
+
+
+def evaluate(cfg: ModelConfig, board: Board, design: Design, *, multipliers_in_luts: bool = False) -> Performance:
+    """The design's cycles, FPS and resources on the board. ``multipliers_in_luts``: the build
+    makes the multipliers beyond the board's DSP budget from LUTs (open flows, accel.multipliers),
+    at LUT_PER_DSP LUTs per DSP block."""
     lp, ap, lnp = design.linear, design.attention, design.layernorm
     n, d = cfg.tokens, cfg.dim
     bytes_per_cycle = board.offchip_gb_per_s * 1e9 / (design.clock_mhz * 1e6) if board.memories else 0.0
@@ -215,6 +227,14 @@ def evaluate(cfg: ModelConfig, board: Board, design: Design) -> Performance:
     blocks = _block_resources(lp, ap, lnp, design.residual, board.family)
     used = {k: sum(b[k] for b in blocks.values()) for k in RESOURCE_KINDS}
     budget = {k: board.budget(k) for k in RESOURCE_KINDS}
+    dsp_in_luts = 0
+    if multipliers_in_luts and used["dsp"] > budget["dsp"]:
+        if board.family not in LUT_PER_DSP:
+            raise AccelError(f"multipliers_in_luts: no LUT cost of multipliers for family {board.family!r} "
+                             f"(board {board.name!r}); known: {', '.join(LUT_PER_DSP)}")
+        dsp_in_luts = int(used["dsp"] - budget["dsp"])
+        used["dsp"] -= dsp_in_luts
+        used["lut"] += dsp_in_luts * LUT_PER_DSP[board.family]
     ratios = {k: (used[k] / budget[k] if budget[k] else (float("inf") if used[k] else 0.0)) for k in RESOURCE_KINDS}
     binding = max(ratios, key=ratios.get)
     if load_bound > 0.25 * total and ratios[binding] < 0.9:
@@ -224,7 +244,7 @@ def evaluate(cfg: ModelConfig, board: Board, design: Design) -> Performance:
         throughput_fps=clock_hz / period, gops=2 * macs / latency_s / 1e9, macs_per_image=macs,
         dsp_efficiency=macs / (mac_units * total), cycles_by_kind=by_kind, load_bound_cycles=load_bound,
         unchecked_cycles=unchecked, weight_bytes_per_image=weight_bytes, resources=used, blocks=blocks, budget=budget,
-        fits=all(r <= 1.0 for r in ratios.values()), binding=binding)
+        fits=all(r <= 1.0 for r in ratios.values()), binding=binding, dsp_in_luts=dsp_in_luts)
 
 
 def check_model_fits_board(cfg: ModelConfig, board: Board) -> None:

@@ -1,8 +1,8 @@
 """LayerNorm unit: cost model vs Yosys synthesis (resources) and vs RTL simulation (cycles).
 
-    .venv/bin/python bench/layernorm_cost.py [--configs 4x64x1,8x192x4,...]
+    .venv/bin/python bench/layernorm_cost.py [--configs 4x64x1,8x192x4,8x48x4x1,...]
 
-Prints JSON: per configuration (lanes x max_channels x stats_steps) and family, the model's and
+Prints JSON: per configuration (lanes x max_channels x stats_steps [x emit_lanes]) and family, the model's and
 Yosys's LUT/FF/DSP/BRAM with the relative errors. Synthesis runs in build/bench_layernorm.
 """
 from __future__ import annotations
@@ -36,21 +36,24 @@ def yosys_counts(verilog_name: str, family: str, work: Path, top: str = "ln") ->
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="4x64x1,4x64x4,8x192x4,16x768x2")
+    ap.add_argument("--configs", default="4x64x1,4x64x4,8x192x4,16x768x2,8x48x4x1,8x48x4x2,16x64x2x4")
+    ap.add_argument("--families", default="xcup,ecp5", help="comma-separated: xcup, ecp5")
     args = ap.parse_args(argv)
     work = Path("build/bench_layernorm")
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for spec in args.configs.split(","):
-        lanes, chans, steps = (int(v) for v in spec.split("x"))
-        params = LayerNormParams(lanes=lanes, max_channels=chans, stats_steps=steps)
-        name = f"ln_{lanes}_{chans}_{steps}.v"
+        lanes, chans, steps, *emit = (int(v) for v in spec.split("x"))
+        emit_lanes = emit[0] if emit and emit[0] != lanes else None
+        params = LayerNormParams(lanes=lanes, max_channels=chans, stats_steps=steps, emit_lanes=emit_lanes)
+        name = f"ln_{lanes}_{chans}_{steps}" + (f"_e{emit_lanes}" if emit_lanes else "") + ".v"
         (work / name).write_text(verilog.convert(LayerNormUnit(params), name="ln"))
-        for family in ("xcup", "ecp5"):
+        for family in args.families.split(","):
             print(f"[bench] synthesizing {name} for {family}", file=sys.stderr, flush=True)
             got = yosys_counts(name, family, work)
             model = layernorm_resources(params, family)
-            rows.append({"lanes": lanes, "max_channels": chans, "stats_steps": steps, "family": family,
+            rows.append({"lanes": lanes, "max_channels": chans, "stats_steps": steps,
+                         "emit_lanes": params.emit_width, "family": family,
                          "yosys": got, "model": model,
                          "error": {k: round((model[k] - got[k]) / got[k], 3) if got[k] else model[k] - got[k]
                                    for k in ("lut", "ff", "dsp", "bram")}})

@@ -7,11 +7,12 @@ Per row of C channels (C a multiple of the lane count L, C <= max_channels <= 10
     stats   (~78/k cycles): var = C*Q - S*S; std = isqrt(var << 12) (restoring);
                            f = floor(2**46 / max(std, 1)) (restoring division); k = stats_steps
                            steps of each per cycle
-    emit    (C/L beats)  : yc = C*x - S; z = (yc*f + 2**29) >> 30;
+    emit    (C/L beats, L/E cycles each): yc = C*x - S; z = (yc*f + 2**29) >> 30;
                            out = clamp8((z*mult[c] + offset[c] + 2**(shift-1)) >> shift)
 
 The next row is ingested into the other bank while the current one is in stats/emit, so a row
-costs max(C/L + 1, stats + C/L) cycles in steady state (cost model: ``layernorm_cycles``).
+costs max(C/L + 1, stats + C/E) cycles in steady state (cost model: ``layernorm_cycles``); E is
+``emit_lanes``, the lanes normalized per cycle (L by default).
 
 Streams (amaranth.lib.stream, valid/ready everywhere):
 
@@ -61,6 +62,9 @@ class LayerNormParams:
     max_channels: int = 256    # largest C this instance serves (row buffer depth)
     stats_steps: int = 1       # isqrt / division steps per cycle (1-8): a row's statistics take
                                # about 78 / stats_steps cycles, overlapped with the previous emit
+    emit_lanes: int | None = None   # lanes normalized per cycle on the way out (a power of two
+                               # dividing lanes; None: all of them): fewer multipliers, lanes /
+                               # emit_lanes cycles per output beat
 
     def __post_init__(self):
         for name, v, lo, hi in (("lanes", self.lanes, 1, 64), ("max_channels", self.max_channels, 1, LN_MAX_CHANNELS),
@@ -69,6 +73,11 @@ class LayerNormParams:
                 raise LayerNormParamError(f"LayerNormParams.{name}={v!r}: must be an int in [{lo}, {hi}]")
         if self.lanes & (self.lanes - 1):
             raise LayerNormParamError(f"LayerNormParams.lanes={self.lanes!r}: must be a power of two (1, 2, 4, ...)")
+        if self.emit_lanes is not None:
+            e = self.emit_lanes
+            if isinstance(e, bool) or not isinstance(e, int) or e < 1 or e & (e - 1) or self.lanes % e:
+                raise LayerNormParamError(f"LayerNormParams.emit_lanes={e!r}: must be a power of two dividing "
+                                          f"lanes={self.lanes!r} (or None for all lanes)")
         if self.max_channels % self.lanes:
             raise LayerNormParamError(f"LayerNormParams: max_channels={self.max_channels!r} is not a multiple of "
                                       f"lanes={self.lanes!r}; round max_channels up to a multiple of lanes")
@@ -76,6 +85,16 @@ class LayerNormParams:
     @property
     def beats_max(self) -> int:
         return self.max_channels // self.lanes
+
+    @property
+    def emit_width(self) -> int:
+        """Lanes normalized per cycle (``emit_lanes``, or every lane)."""
+        return self.lanes if self.emit_lanes is None else self.emit_lanes
+
+    @property
+    def emit_steps(self) -> int:
+        """Cycles per output beat."""
+        return self.lanes // self.emit_width
 
 
 def config_layout(p: LayerNormParams) -> data.StructLayout:
@@ -249,51 +268,78 @@ class LayerNormUnit(wiring.Component):
         # ---------------------------------------------------------------- emit pipeline
         # stage R: issue reads (row buffer + constants); stage A: yc*f; stage B: z*mult+offset;
         # stage C: round, shift, clamp -> output register. A global stall holds every stage.
+        # With E = emit_lanes < L, each beat passes the pipeline in G = L/E sub-steps of E lanes
+        # (the read is held for the beat; the output beat is valid after its last sub-step).
+        E = P.emit_width
+        G = L // E
         out_valid = Signal()
         stall = out_valid & ~self.y_o.ready
         e_s = Signal(signed(27))
         e_f = Signal(unsigned(F_BITS))
         e_bank = Signal()
         e_beat = Signal(range(NB + 1))
+        e_sub = Signal(range(G))
         e_issue = Signal()
         a_valid, a_last = Signal(), Signal()
         b_valid, b_last = Signal(), Signal()
-        z = [Signal(signed(18), name=f"z{i}") for i in range(L)]   # |z| <= 2**15 + 1
-        t = [Signal(signed(50), name=f"t{i}") for i in range(L)]   # |z*mult| < 2**41, |offset| < 2**47
-        a_mult = Signal(data.ArrayLayout(signed(MULT_BITS), L))
-        a_off = Signal(data.ArrayLayout(signed(OFFSET_BITS), L))
+        a_sub, b_sub, r_sub = Signal(range(G)), Signal(range(G)), Signal(range(G))
+        z = [Signal(signed(18), name=f"z{i}") for i in range(E)]   # |z| <= 2**15 + 1
+        t = [Signal(signed(50), name=f"t{i}") for i in range(E)]   # |z*mult| < 2**41, |offset| < 2**47
+        a_mult = [Signal(signed(MULT_BITS), name=f"a_mult{i}") for i in range(E)]
+        a_off = [Signal(signed(OFFSET_BITS), name=f"a_off{i}") for i in range(E)]
         out_data = Signal(data.ArrayLayout(signed(8), L))
         out_last = Signal()
 
+        # the E lanes of sub-step r_sub of the beat just read
+        r_x = [Signal(signed(16), name=f"r_x{j}") for j in range(E)]
+        r_mult = [Signal(signed(MULT_BITS), name=f"r_mult{j}") for j in range(E)]
+        r_off = [Signal(signed(OFFSET_BITS), name=f"r_off{j}") for j in range(E)]
+        with m.Switch(r_sub):
+            for g in range(G):
+                with m.Case(g):
+                    for j in range(E):
+                        m.d.comb += [r_x[j].eq(rr.data[g * E + j]), r_mult[j].eq(cr.data.mult[g * E + j]),
+                                     r_off[j].eq(cr.data.offset[g * E + j])]
+
         with m.If(emit_go & ~emit_busy):
             m.d.sync += [emit_busy.eq(1), emit_go.eq(0), e_s.eq(st_s), e_f.eq(f_val), e_bank.eq(st_bank),
-                         e_beat.eq(0)]
+                         e_beat.eq(0), e_sub.eq(0)]
         m.d.comb += e_issue.eq(emit_busy & (e_beat < beats) & ~stall)
         m.d.comb += [rr.addr.eq(Mux(e_bank, NB, 0) + e_beat), rr.en.eq(~stall),
                      cr.addr.eq(e_beat), cr.en.eq(~stall)]
         r_valid, r_last = Signal(), Signal()
+        beat_end = e_sub == G - 1
         with m.If(~stall):
-            m.d.sync += [r_valid.eq(e_issue), r_last.eq(e_issue & (e_beat == beats - 1))]
+            m.d.sync += [r_valid.eq(e_issue), r_last.eq(e_issue & (e_beat == beats - 1) & beat_end),
+                         r_sub.eq(e_sub)]
             with m.If(e_issue):
-                m.d.sync += e_beat.eq(e_beat + 1)
-                with m.If(e_beat == beats - 1):
-                    m.d.sync += [emit_busy.eq(0), full.bit_select(e_bank, 1).eq(0)]
+                with m.If(beat_end):
+                    m.d.sync += [e_beat.eq(e_beat + 1), e_sub.eq(0)]
+                    with m.If(e_beat == beats - 1):
+                        m.d.sync += [emit_busy.eq(0), full.bit_select(e_bank, 1).eq(0)]
+                with m.Else():
+                    m.d.sync += e_sub.eq(e_sub + 1)
             # stage A: z = (yc * f + 2**29) >> 30
-            m.d.sync += [a_valid.eq(r_valid), a_last.eq(r_last), a_mult.eq(cr.data.mult), a_off.eq(cr.data.offset)]
-            for i in range(L):
-                yc = channels * rr.data[i] - e_s
+            m.d.sync += [a_valid.eq(r_valid), a_last.eq(r_last), a_sub.eq(r_sub)]
+            for j in range(E):
+                yc = channels * r_x[j] - e_s
                 prod = yc * e_f
-                m.d.sync += z[i].eq((prod + (1 << (LN_Z_SHIFT - 1))) >> LN_Z_SHIFT)
+                m.d.sync += [z[j].eq((prod + (1 << (LN_Z_SHIFT - 1))) >> LN_Z_SHIFT),
+                             a_mult[j].eq(r_mult[j]), a_off[j].eq(r_off[j])]
             # stage B: t = z * mult + offset
-            m.d.sync += [b_valid.eq(a_valid), b_last.eq(a_last)]
-            for i in range(L):
-                m.d.sync += t[i].eq(z[i] * a_mult[i] + a_off[i])
-            # stage C: round, shift, clamp
-            m.d.sync += [out_valid.eq(b_valid), out_last.eq(b_last)]
+            m.d.sync += [b_valid.eq(a_valid), b_last.eq(a_last), b_sub.eq(a_sub)]
+            for j in range(E):
+                m.d.sync += t[j].eq(z[j] * a_mult[j] + a_off[j])
+            # stage C: round, shift, clamp into the sub-step's lanes; the beat is out after its last
+            m.d.sync += [out_valid.eq(b_valid & (b_sub == G - 1)), out_last.eq(b_last)]
             half = (Const(1, 64) << shift) >> 1
-            for i in range(L):
-                v = (t[i] + half) >> shift
-                m.d.sync += out_data[i].eq(Mux(v > 127, 127, Mux(v < -128, -128, v[:8])))
+            with m.If(b_valid):
+                with m.Switch(b_sub):
+                    for g in range(G):
+                        with m.Case(g):
+                            for j in range(E):
+                                v = (t[j] + half) >> shift
+                                m.d.sync += out_data[g * E + j].eq(Mux(v > 127, 127, Mux(v < -128, -128, v[:8])))
         m.d.comb += [self.y_o.valid.eq(out_valid), self.y_o.payload.data.eq(out_data),
                      self.y_o.payload.last.eq(out_last)]
         m.d.comb += [pipe_busy.eq(emit_busy | emit_go | r_valid | a_valid | b_valid | out_valid | row_done),

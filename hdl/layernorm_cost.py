@@ -3,7 +3,7 @@ unit's handshakes row by row (no backpressure, inputs always valid):
 
     ingest(r): C/L beats into a free bank, once the stats engine took row r-1
     take(r)  = max(ingest end, stats engine free)          stats: stats_cycles(k) to DONE
-    emit(r)  = max(stats done + 2, emit end of row r-1)     C/L beats, then 4 pipeline stages
+    emit(r)  = max(stats done + 2, emit end of row r-1)     C/L beats of L/E cycles, then 4 pipeline stages
 The configuration (C/L beats) precedes the first row. Checked against RTL simulation in
 tests/test_layernorm_unit.py (within 5%).
 """
@@ -27,7 +27,7 @@ def layernorm_cycles(rows: int, channels: int, params: LayerNormParams, config: 
         done = take + stats_cycles(params.stats_steps)
         emit_start = max(done + 2, emit_end_prev)
         stats_free = emit_start
-        emit_end_prev = emit_start + beats
+        emit_end_prev = emit_start + beats * params.emit_steps
         emit_end[r % 2] = emit_end_prev
         ingest_end_prev, take_prev = ingest_end, take
     return emit_end_prev + 4 if rows else t

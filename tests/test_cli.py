@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from accel.cli import main
 
 
@@ -42,10 +44,37 @@ def test_console_script_runs():
 
 
 def test_run_writes_the_report_folder(tmp_path, capsys):
-    assert main(["run", "--out", str(tmp_path), "--json"]) == 0
-    rep = json.loads((tmp_path / "report.json").read_text())
-    assert rep["eval"]["int_accuracy"] > 0.95 and rep["dse"]["fps"] > 0
-    assert (tmp_path / "report.md").exists() and (tmp_path / "pareto.png").stat().st_size > 10_000
+    """`accel run` without the bitstream step (the real build runs in test_build.py and, for the
+    accelerator itself, behind -m slow): evaluation, search, generation, 2 images through the host
+    driver in RTL with stalls, bit-exact, and the report folder."""
+    assert main(["run", "--out", str(tmp_path), "--images", "2", "--no-build", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep == json.loads((tmp_path / "report.json").read_text()) | {"report_dir": str(tmp_path)}
+    assert rep["evaluate"]["int_accuracy"] > 0.95 and rep["search"]["fps"] > 0
+    assert rep["steps_run"] == ["evaluate", "search", "generate", "simulate", "report"]
+    assert rep["steps_skipped"] == ["build"] and rep["bit_exact"] is True
+    sim = rep["simulate"]
+    assert sim["driver"]["images"] == 2 and sim["driver"]["mismatches"] == 0 and rep["stalls"] is True
+    ops = {d["op"] for d in sim["cycles_by_op"]}
+    assert {"0/qkv", "1/gate", "1/expert0", "head/head"} <= ops
+    assert sum(d["cycles"] for d in sim["cycles_by_op"]) <= sim["one_image"]["cycles_per_image"]
+    assert abs(sim["one_image"]["cycles_error"]) < 0.1
+    for f in ("report.md", "pareto.png", "cycles_per_layer.png", "design.json", "program.txt", "rtl/accel_top.v",
+              "steps/4_simulate.json"):
+        assert (tmp_path / f).stat().st_size > 100, f
+    md = (tmp_path / "report.md").read_text()
+    assert "Steps skipped: build." in md and "0 differing logits (bit-exact)" in md
+    # the design file is what `accel build --params` takes
+    assert json.loads((tmp_path / "design.json").read_text())["params"] == rep["search"]["params"]
+
+
+def test_run_option_errors():
+    from accel.models.errors import AccelError
+    from accel.run import RunConfig
+    with pytest.raises(AccelError, match=r"images=0: simulate at least 1 image"):
+        RunConfig(images=0)
+    with pytest.raises(AccelError, match=r"skip=\['search'\]: only simulate, build can be skipped"):
+        RunConfig(skip=("search",))
 
 
 def test_sim_linear_cli_one_layer(capsys):

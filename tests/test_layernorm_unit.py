@@ -13,11 +13,12 @@ from accel.models.intops import IntLayerNorm
 from accel.models.quantize import load_reference, make_layernorm
 
 
-def run_unit(ln: IntLayerNorm, rows: np.ndarray, lanes: int, stalls: bool, seed: int = 0, steps: int = 1):
+def run_unit(ln: IntLayerNorm, rows: np.ndarray, lanes: int, stalls: bool, seed: int = 0, steps: int = 1,
+             emit_lanes: int | None = None):
     """Drive the configuration, then the rows; returns (outputs [R, C], cycles from the start of
     the configuration to the last output beat)."""
     c = ln.channels
-    dut = LayerNormUnit(lanes=lanes, max_channels=max(c, 2 * lanes), stats_steps=steps)
+    dut = LayerNormUnit(lanes=lanes, max_channels=max(c, 2 * lanes), stats_steps=steps, emit_lanes=emit_lanes)
     rng = random.Random(seed)
     beats = c // lanes
     out_rows: list[list[int]] = []
@@ -77,13 +78,19 @@ def test_params_validation():
         LayerNormParams(lanes=8, max_channels=100)
     with pytest.raises(LayerNormParamError, match="max_channels=2048: must be an int in"):
         LayerNormParams(max_channels=2048)
+    with pytest.raises(LayerNormParamError, match=r"emit_lanes=3: must be a power of two dividing lanes=8 "
+                                                  r"\(or None for all lanes\)"):
+        LayerNormParams(lanes=8, emit_lanes=3)
+    with pytest.raises(LayerNormParamError, match=r"emit_lanes=16: must be a power of two dividing lanes=8"):
+        LayerNormParams(lanes=8, emit_lanes=16)
+    assert LayerNormParams(lanes=8, emit_lanes=2).emit_steps == 4 and LayerNormParams(lanes=8).emit_width == 8
 
 
 def test_digits_traced_norms_bit_exact_with_stalls(digits_norms):
     assert len(digits_norms) == 9  # ln1, ln2 per block and the final norm
-    for rec in digits_norms[:3] + digits_norms[-1:]:
+    for rec, emit in zip(digits_norms[:3] + digits_norms[-1:], (None, 1, 2, None)):
         rows = np.atleast_2d(rec.inputs[0])
-        got, _ = run_unit(rec.op, rows, lanes=4, stalls=True, seed=hash(rec.key) & 0xFFFF)
+        got, _ = run_unit(rec.op, rows, lanes=4, stalls=True, seed=hash(rec.key) & 0xFFFF, emit_lanes=emit)
         want = np.atleast_2d(rec.output)
         assert got.shape == want.shape, rec.key
         mism = np.argwhere(got != want)
@@ -99,17 +106,19 @@ def test_random_extremes_and_constant_rows():
     rows[0, ::3] = -32768                       # extremes
     rows[1] = -32768                            # constant row: var = 0, output = offset
     rows[2] = 5
-    for steps in (1, 3, 4):
-        got, _ = run_unit(ln, rows, lanes=8, stalls=True, seed=7, steps=steps)
-        assert np.array_equal(got, ln(rows)), steps
+    for steps, emit in ((1, None), (3, 1), (4, 2)):
+        got, _ = run_unit(ln, rows, lanes=8, stalls=True, seed=7, steps=steps, emit_lanes=emit)
+        assert np.array_equal(got, ln(rows)), (steps, emit)
 
 
 def test_cycle_model_matches_simulation_without_stalls():
     rng = np.random.default_rng(4)
-    for c, lanes, n, steps in ((48, 4, 5, 1), (64, 16, 4, 2), (192, 8, 3, 4), (32, 1, 3, 8)):
+    for c, lanes, n, steps, emit in ((48, 4, 5, 1, None), (64, 16, 4, 2, None), (192, 8, 3, 4, None),
+                                     (32, 1, 3, 8, None), (48, 8, 4, 4, 1), (64, 8, 3, 2, 4)):
         ln = make_layernorm(np.ones(c), np.zeros(c), 4 / 127)
         rows = rng.integers(-3000, 3000, size=(n, c), dtype=np.int64)
-        got, cycles = run_unit(ln, rows, lanes=lanes, stalls=False, steps=steps)
+        got, cycles = run_unit(ln, rows, lanes=lanes, stalls=False, steps=steps, emit_lanes=emit)
         assert np.array_equal(got, ln(rows))
-        pred = layernorm_cycles(n, c, LayerNormParams(lanes=lanes, max_channels=max(c, 2 * lanes), stats_steps=steps))
+        pred = layernorm_cycles(n, c, LayerNormParams(lanes=lanes, max_channels=max(c, 2 * lanes), stats_steps=steps,
+                                                      emit_lanes=emit))
         assert abs(cycles - pred) <= 0.05 * cycles, (c, lanes, cycles, pred)
