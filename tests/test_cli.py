@@ -91,3 +91,21 @@ def test_sim_attention_cli(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["ops"] == 1 and out["mismatches"] == 0 and out["checked"] == 17 * 48
     assert out["cycles"] == out["predicted_cycles"]
+
+
+@pytest.mark.slow
+def test_run_end_to_end_with_the_bitstream(capsys):
+    """`make demo`: every step, the real ULX3S bitstream of the searched design included (about
+    15 minutes on 2 cores). The folder is under build/ (YoWASP tools do not see pytest's /tmp)."""
+    from pathlib import Path
+    out = Path(__file__).resolve().parents[1] / "build" / "test_run_full"
+    assert main(["run", "--out", str(out), "--images", "4", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["bit_exact"] and rep["steps_skipped"] == []
+    bu = rep["build"]
+    assert Path(bu["bitstream"]).stat().st_size > 100_000
+    fmax = bu["predicted"]["fmax_mhz"]
+    assert fmax >= 50 and bu["timing_met"], bu["clocks"]
+    for k, u in bu["utilization"].items():
+        assert u["used"] <= u["available"], k
+    assert (out / "cycles_per_layer.png").exists() and "## Bitstream" in (out / "report.md").read_text()
