@@ -12,14 +12,17 @@
 
 Every step writes what it made under the output folder (``steps/<n>_<step>.json`` plus its
 files), so each is inspectable; ``stop_after`` ends the run early and ``skip`` leaves steps out
-(the report says which and why). A run whose RTL results differ from the reference raises
-:class:`RunError` after writing the report: bit-exact or it is a bug.
+(the report says which and why). The build runs in a thread beside the simulation when both are
+on (``parallel``): each takes one core, and neither reads the other's output. A run whose RTL
+results differ from the reference raises :class:`RunError` after writing the report: bit-exact
+or it is a bug.
 """
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +50,7 @@ class RunConfig:
     stalls: bool = True                  # random memory latency and valid/ready stalls in simulation
     skip: tuple[str, ...] = ()           # steps left out (simulate, build)
     stop_after: str = "report"
+    parallel: bool = True                # build beside the simulation (2 cores)
 
     def __post_init__(self):
         if not isinstance(self.images, int) or self.images < 1:
@@ -186,14 +190,37 @@ def run(config: RunConfig, progress: Callable[[str], None] | None = None) -> dic
     state = RunState(config)
     t_all = time.perf_counter()
     last = STEPS.index(config.stop_after)
-    for i, step in enumerate(STEPS[:last + 1]):
+    todo = [(i, step) for i, step in enumerate(STEPS[:last + 1])]
+    for i, step in todo:
         if step in config.skip:
             say(f"step {i + 1}/{len(STEPS)} {step}: skipped")
             state.results[step] = {"skipped": True}
+    run_steps = [(i, s) for i, s in todo if s not in config.skip]
+    # simulate and build depend only on generate: with both to run, the build (one core: the
+    # YoWASP tools are single-threaded) runs beside the simulation
+    parallel = config.parallel and {"simulate", "build"} <= {s for _, s in run_steps}
+    pending = None
+    for i, step in run_steps:
+        if step == "build" and pending is not None:
+            _finish(state, i, step, pending, say)
             continue
+        if parallel and step == "simulate":
+            j = STEPS.index("build")
+            say(f"step {j + 1}/{len(STEPS)} build: running beside the simulation")
+            pool = ThreadPoolExecutor(max_workers=1)
+            t = time.perf_counter()
+            fut = pool.submit(STEP_FUNCTIONS["build"], state, lambda m: say(f"[build] {m}"))
+            pool.shutdown(wait=False)
+            pending = (fut, t)
         say(f"step {i + 1}/{len(STEPS)} {step}")
         t = time.perf_counter()
-        state.results[step] = STEP_FUNCTIONS[step](state, say)
+        try:
+            state.results[step] = STEP_FUNCTIONS[step](state, say)
+        except Exception:
+            if pending is not None:
+                say(f"step {step} failed; waiting for the build running beside it to finish")
+                pending[0].exception()     # waits; the build's own outcome is in its folder
+            raise
         state.seconds[step] = round(time.perf_counter() - t, 2)
         state.write_step(i, step)
         say(f"step {i + 1}/{len(STEPS)} {step} done in {state.seconds[step]:.1f} s")
@@ -209,6 +236,16 @@ def run(config: RunConfig, progress: Callable[[str], None] | None = None) -> dic
                        f"{d['images']} image(s) through the driver (error: {d['error']}), first diverging op of "
                        f"the model testbench: {one['first_mismatch']}; see {out / 'report.json'}")
     return report
+
+
+def _finish(state: RunState, i: int, step: str, pending, say) -> None:
+    """Wait for a step that runs in the background; record it like the others."""
+    fut, t = pending
+    say(f"step {i + 1}/{len(STEPS)} {step}: waiting for it to finish")
+    state.results[step] = fut.result()
+    state.seconds[step] = round(time.perf_counter() - t, 2)
+    state.write_step(i, step)
+    say(f"step {i + 1}/{len(STEPS)} {step} done in {state.seconds[step]:.1f} s (beside the simulation)")
 
 
 def _report(state: RunState, seconds: float) -> dict:
