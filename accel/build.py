@@ -64,7 +64,11 @@ _CELL_KINDS = {
     "ice40": {"ICESTORM_LC": "lut", "ICESTORM_DSP": "dsp", "ICESTORM_RAM": "bram", "ICESTORM_SPRAM": "uram"},
 }
 _OPEN_FLOWS = {"trellis": "ecp5", "icestorm": "ice40"}
-MULTIPLIER_SCRIPT = "multipliers.ys"      # written in the elaborate step, run by Yosys after read_rtlil
+MULTIPLIER_SCRIPT = "multipliers.ys"
+# nextpnr's algorithms per family. ECP5: on the digits-moe accelerator (47k cells, 81% of the
+# block RAMs holding the image) the default heap placer + router1 had not routed after 50 minutes;
+# the static placer reached routing in 15 and router2 converges (docs/benchmarks.md).
+NEXTPNR_OPTS = {"ecp5": "--placer static --router router2"}      # written in the elaborate step, run by Yosys after read_rtlil
 
 
 class BuildError(AccelError):
@@ -345,7 +349,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
 
     t = begin(0)
     # --timing-allow-fail: a missed clock is a result (the report says by how much), not a failed build
-    opts = {"nextpnr_opts": "--report nextpnr_report.json --timing-allow-fail"}
+    opts = {"nextpnr_opts": " ".join(["--report nextpnr_report.json --timing-allow-fail",
+                                      NEXTPNR_OPTS.get(family, "")]).strip()}
     if family == "ice40" and dsp:
         opts["synth_opts"] = "-dsp"
     elif family == "ecp5" and not dsp:
