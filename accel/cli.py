@@ -279,7 +279,8 @@ def cmd_run(args) -> dict:
         if si and not si.get("skipped"):
             d = si["driver"]
             print(f"  RTL through the host driver: {d['images']} image(s), {d['mismatches']} differing logits "
-                  f"({'bit-exact' if si['bit_exact'] else 'NOT bit-exact'}), {d['cycles_per_image']:,.0f} cycles/image")
+                  f"({'bit-exact' if si['bit_exact'] else 'NOT bit-exact'}), {d['cycles_per_image']:,.0f} cycles/image "
+                  f"with stalls; {si['measured']['fps']} FPS at {si['measured']['clock_mhz']:g} MHz without")
         bu = rep.get("build")
         if bu and not bu.get("skipped"):
             fm = bu["predicted"]["fmax_mhz"]

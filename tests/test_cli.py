@@ -59,6 +59,9 @@ def test_run_writes_the_report_folder(tmp_path, capsys):
     assert {"0/qkv", "1/gate", "1/expert0", "head/head"} <= ops
     assert sum(d["cycles"] for d in sim["cycles_by_op"]) <= sim["one_image"]["cycles_per_image"]
     assert abs(sim["one_image"]["cycles_error"]) < 0.1
+    me = sim["measured"]
+    assert me["fps"] == pytest.approx(me["clock_mhz"] * 1e6 / sim["one_image"]["cycles_per_image"], rel=1e-3)
+    assert me["search_model_cycles"] == rep["search"]["cycles_per_image"]
     for f in ("report.md", "pareto.png", "cycles_per_layer.png", "design.json", "program.txt", "rtl/accel_top.v",
               "steps/4_simulate.json"):
         assert (tmp_path / f).stat().st_size > 100, f
