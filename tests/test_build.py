@@ -257,3 +257,21 @@ def test_model_report_and_cli_output(monkeypatch, tmp_path, capsys):
     assert set(rep["seconds"]) == {"design_and_compile", *STEPS, "total"}
     assert rep["params"]["linear"]["t_in"] % 8 == 0 and rep["top_params"]["fifo_words"] >= 2
     gc.collect()     # the board top the stub never elaborated warns now, inside the filter
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_run_builds_beside_the_simulation(monkeypatch, tmp_path, capsys):
+    """`accel run` with every step: the build (tools stubbed as above) runs in a thread beside the
+    RTL simulation, and the report gets its Bitstream section."""
+    import accel.build as build
+    monkeypatch.setattr(build, "build_top", _fake_build_top)
+    assert main(["run", "--out", str(tmp_path), "--images", "1", "--json"]) == 0
+    out = capsys.readouterr()
+    rep = json.loads(out.out)
+    assert rep["steps_skipped"] == [] and rep["bit_exact"]
+    assert "step 5/6 build: running beside the simulation" in out.err
+    assert rep["build"]["fmax_mhz"] == {"clk": 87.21} and rep["build"]["params"] == rep["search"]["params"]
+    assert json.loads((tmp_path / "steps" / "5_build.json").read_text())["timing_met"] is True
+    md = (tmp_path / "report.md").read_text()
+    assert "## Bitstream" in md and "clock clk: Fmax 87.2 MHz against 50 MHz" in md
+    gc.collect()
