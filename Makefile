@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The bitstream step is left out: place and route of digits-moe on the ULX3S-85F has not finished
-# within 50 minutes with the YoWASP nextpnr (docs/benchmarks.md); `accel run` alone includes it.
+# in an hour with the YoWASP nextpnr (docs/benchmarks.md); `accel run` alone includes it.
 demo: setup
 	$(BIN)/accel run --no-build
 
