@@ -64,11 +64,12 @@ _CELL_KINDS = {
     "ice40": {"ICESTORM_LC": "lut", "ICESTORM_DSP": "dsp", "ICESTORM_RAM": "bram", "ICESTORM_SPRAM": "uram"},
 }
 _OPEN_FLOWS = {"trellis": "ecp5", "icestorm": "ice40"}
-MULTIPLIER_SCRIPT = "multipliers.ys"
+MULTIPLIER_SCRIPT = "multipliers.ys"      # written in the elaborate step, run by Yosys after read_rtlil
 # nextpnr's algorithms per family. ECP5: on the digits-moe accelerator (47k cells, 81% of the
-# block RAMs holding the image) the default heap placer + router1 had not routed after 50 minutes;
-# the static placer reached routing in 15 and router2 converges (docs/benchmarks.md).
-NEXTPNR_OPTS = {"ecp5": "--placer static --router router2"}      # written in the elaborate step, run by Yosys after read_rtlil
+# block RAMs holding the image) the default heap placer + router1 placed for 23 minutes and was
+# far from routed after 31; the static placer reached routing in 15 minutes and router2's
+# overuse kept falling (docs/benchmarks.md).
+NEXTPNR_OPTS = {"ecp5": "--placer static --router router2"}
 
 
 class BuildError(AccelError):
@@ -430,7 +431,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
 # The model flow
 
 # LayerNorm lanes normalized per cycle in the open-flow builds: ECP5/iCE40 parts have few DSP
-# blocks, and 8 emit lanes take 64 of them (2 lanes: 16, for about 4% more cycles on digits-moe)
+# blocks, and 8 emit lanes take 64 of them (2 lanes: 16; on the searched digits-moe design the
+# compiler cost model gives 76,532 cycles against 75,922 with 8 lanes, +0.8%)
 OPEN_FLOW_LN_EMIT_LANES = 2
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from accel.models.errors import AccelError
 from accel.perf import performance_json
+from accel.run import jsonable
 
 DEFAULT_MODEL = "digits-moe"
 DEFAULT_BOARD = "ulx3s-85f"
@@ -310,26 +311,33 @@ def _print_hls4ml(doc: dict) -> None:
               f"accumulator mismatches {c['acc_mismatches']}, output mismatches {c['out_mismatches']}  {c['project']}")
 
 
-def cmd_hls4ml(args) -> dict:
-    doc = _hls4ml(args.model, args.board, args.out, args.layers, args.images)
-    if not args.json:
+def _check_hls4ml(doc: dict, out, quiet: bool) -> None:
+    if not quiet:
         _print_hls4ml(doc)
     if not doc["bit_exact"]:
-        raise AccelError(f"hls4ml's C simulation differs from the integer reference; see {args.out}/hls4ml.json")
+        raise AccelError(f"hls4ml's C simulation differs from the integer reference; see {out}/hls4ml.json")
+
+
+def cmd_hls4ml(args) -> dict:
+    doc = _hls4ml(args.model, args.board, args.out, args.layers, args.images)
+    _check_hls4ml(doc, args.out, args.json)
     return doc
 
 
 def cmd_project(args) -> dict:
     from accel.project import generate_project
     res = generate_project(args.board, args.model, args.out, params=args.params, progress=_progress(True))
+    hls = None
     if args.hls4ml:
-        res["hls4ml"] = _hls4ml(args.model, args.board, Path(args.out) / "hls4ml", None, 2)
+        hls = res["hls4ml"] = _hls4ml(args.model, args.board, Path(args.out) / "hls4ml", None, 2)
     if not args.json:
         p = res["predicted"]
         print(f"{res['model']} on {res['board']} ({res['part']}, {res['flow']}): project in {res['out']}")
         print(f"  {p['fps']:.1f} FPS predicted at {res['clock_mhz']:g} MHz ({p['fps_at_port_bandwidth']:.1f} with one "
               f"{res['top']['mem_data_bits']}-bit memory port); parameters from {res['params_source']}")
         print(f"  build: cd {res['out']} && " + " && ".join(res["commands"]) + "   (see README.md there)")
+    if hls is not None:
+        _check_hls4ml(hls, Path(args.out) / "hls4ml", args.json)
     return res
 
 
@@ -484,14 +492,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
         return 2
     if args.json:
-        print(json.dumps(result, indent=2, default=_jsonable))
+        print(json.dumps(result, indent=2, default=jsonable))
     return 0
-
-
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 if __name__ == "__main__":

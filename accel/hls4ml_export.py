@@ -63,8 +63,7 @@ def mlp_layers(trace) -> list[str]:
     from accel.models.intops import IntLinear
     out = []
     for r in trace:
-        name = r.name.split(".")[-1] if "." in r.name else r.name
-        if isinstance(r.op, IntLinear) and name in ("fc1", "fc2") and f"{r.layer}/{r.name}" not in out:
+        if isinstance(r.op, IntLinear) and r.name.split(".")[-1] in ("fc1", "fc2") and f"{r.layer}/{r.name}" not in out:
             out.append(f"{r.layer}/{r.name}")
     return out
 

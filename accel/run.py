@@ -30,7 +30,7 @@ import numpy as np
 
 from accel.models.errors import AccelError
 
-__all__ = ["STEPS", "RunConfig", "RunState", "RunError", "run"]
+__all__ = ["STEPS", "RunConfig", "RunState", "RunError", "run", "jsonable"]
 
 STEPS = ("evaluate", "search", "generate", "simulate", "build", "report")
 SKIPPABLE = ("simulate", "build")
@@ -68,7 +68,6 @@ class RunState:
     config: RunConfig
     results: dict[str, dict] = field(default_factory=dict)    # step -> its JSON summary
     seconds: dict[str, float] = field(default_factory=dict)
-    search_result: object = None         # accel.dse.SearchResult (for the Pareto plot)
     perf: object = None                  # accel.perf.Performance of the chosen design
     top_params: object = None            # accel.hdl.top.TopParams
     compiled: object = None              # accel.compiler.Compiled
@@ -77,10 +76,11 @@ class RunState:
     def write_step(self, index: int, step: str) -> None:
         path = self.config.out / "steps" / f"{index + 1}_{step}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.results[step], indent=2, default=_jsonable))
+        path.write_text(json.dumps(self.results[step], indent=2, default=jsonable))
 
 
-def _jsonable(o):
+def jsonable(o):
+    """JSON for numpy scalars and paths (json.dumps ``default``)."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, Path):
@@ -103,7 +103,7 @@ def step_search(state: RunState, say) -> dict:
     c = state.config
     cfg, board = load_config(c.model), load_board(c.board)
     choice = choose_design(cfg, board, progress=say)
-    state.perf, state.search_result = choice.perf, choice.search
+    state.perf = choice.perf
     out = {"source": choice.source, **choice.perf_json()}
     if choice.search is not None:
         pareto_plot(choice.search, str(c.out / "pareto.png"), f"{cfg.name} on {board.name}")
@@ -235,7 +235,7 @@ def run(config: RunConfig, progress: Callable[[str], None] | None = None) -> dic
         state.write_step(i, step)
         say(f"step {i + 1}/{len(STEPS)} {step} done in {state.seconds[step]:.1f} s")
     report = _report(state, time.perf_counter() - t_all)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_jsonable))
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=jsonable))
     if "report" in state.results:
         (out / "report.md").write_text(_markdown(report))
     report["report_dir"] = str(out)
