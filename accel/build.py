@@ -41,7 +41,7 @@ from pathlib import Path
 
 from accel.boards import Board, Memory, load_board
 from accel.models.errors import AccelError
-from accel.multipliers import plan_multipliers, rtlil_multipliers
+from accel.multipliers import plan_multipliers, probe_script, probed_multipliers, rtlil_multipliers
 from accel.perf import DoesNotFit
 
 __all__ = ["BuildError", "DoesNotFit", "STEPS", "YOWASP_TOOLS", "BuildResult", "tool_environment",
@@ -65,6 +65,7 @@ _CELL_KINDS = {
 }
 _OPEN_FLOWS = {"trellis": "ecp5", "icestorm": "ice40"}
 MULTIPLIER_SCRIPT = "multipliers.ys"      # written in the elaborate step, run by Yosys after read_rtlil
+MULTIPLIER_PROBE = "multipliers_probe"    # .ys/.il/.log: the products as the DSP mapping sees them
 # nextpnr's algorithms per family. ECP5: on the digits-moe accelerator (47k cells, 81% of the
 # block RAMs holding the image) the default heap placer + router1 placed for 23 minutes and was
 # far from routed after 31; the static placer reached routing in 15 minutes and router2's
@@ -323,6 +324,22 @@ def _run_tool(step: str, argv: list[str], cwd: Path, env: dict, log: Path, say, 
         raise subprocess.CalledProcessError(proc.returncode, argv)
 
 
+def _probe_multipliers(muls, name: str, build_dir: Path, env: dict, say, heartbeat_s: float):
+    """The products as synthesis's DSP mapping will see them (accel.multipliers.probe_script),
+    from a short Yosys run on the elaborated RTLIL in ``build_dir``."""
+    script = build_dir / f"{MULTIPLIER_PROBE}.ys"
+    script.write_text(probe_script(muls, name, f"{name}.il", f"{MULTIPLIER_PROBE}.il"))
+    log = build_dir / f"{MULTIPLIER_PROBE}.log"
+    exe = _resolve("yosys", env)
+    say(f"  elaborate: probing {len(muls)} multipliers with Yosys (merged, narrowed as synthesis sees them)")
+    try:
+        _run_tool("elaborate", [exe, "-q", "-s", script.name], build_dir, env, log, say, heartbeat_s)
+    except subprocess.CalledProcessError:
+        raise BuildError(f"step elaborate failed: the multiplier probe {Path(exe).name} -s {script.name} "
+                         f"(in {build_dir}); log {log}:\n{_tail(log)}") from None
+    return probed_multipliers(muls, (build_dir / f"{MULTIPLIER_PROBE}.il").read_text())
+
+
 def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Callable[[str], None] | None = None,
               env: dict[str, str] | None = None, name: str = "top", check_fit_after_synthesis: bool = True,
               dsp: bool = True, heartbeat_s: float = 20.0, dsp_budget: int | None = None) -> BuildResult:
@@ -362,13 +379,15 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     plan = platform.build(top, name=name, do_build=False, do_program=False, **opts)
     if build_dir.exists():
         for stale in ("nextpnr_report.json", f"{name}.bit", f"{name}.bin", f"{name}.json", f"{name}.config",
-                      f"{name}.asc", MULTIPLIER_SCRIPT):
+                      f"{name}.asc", MULTIPLIER_SCRIPT, f"{MULTIPLIER_PROBE}.il"):
             (build_dir / stale).unlink(missing_ok=True)
     _write_plan(plan, build_dir)
     mul_plan = None
     if dsp:
         budget = board.resources.dsp if dsp_budget is None else dsp_budget
-        mul_plan = plan_multipliers(rtlil_multipliers(plan.files[f"{name}.il"]), family, budget)
+        muls = rtlil_multipliers(plan.files[f"{name}.il"])
+        tagged = _probe_multipliers(muls, name, build_dir, env, say, heartbeat_s)
+        mul_plan = plan_multipliers(muls, family, budget, tagged=tagged, top=name)
         (build_dir / MULTIPLIER_SCRIPT).write_text(mul_plan.yosys_script())
     commands = json.loads(plan.files[f"build_{name}.json"])["commands"]
     detail = f" ({build_dir})"

