@@ -455,10 +455,22 @@ class LinearKernel(wiring.Component):
         meta_in = Cat(rq_in_out16, rq_in_gelu, rq_in_scatter, rq_in_flush, rq_in_tok, rq_in_gate,
                       rq_in_tile, rq_in_first, rq_in_last)
         r1_meta = Signal(len(meta_in))
+        # stage r0 registers the requantizer's inputs: the accumulator memory's read data and the
+        # hold register's lane mux stay out of the product's cycle (an ECP5 timing path)
+        r0_valid = Signal()
+        r0_meta = Signal(len(meta_in))
+        r0_acc = [Signal(signed(RW), name=f"r0_acc{c}") for c in range(TO)]
+        r0_mult = [Signal(31, name=f"r0_mult{c}") for c in range(TO)]
+        r0_shift = [Signal(6, name=f"r0_shift{c}") for c in range(TO)]
         with m.If(rq_en):
-            m.d.sync += [r1_valid.eq(rq_in_valid), r1_meta.eq(meta_in)]
+            m.d.sync += [r0_valid.eq(rq_in_valid), r0_meta.eq(meta_in)]
             for c in range(TO):
-                a, mu, s = rq_in_acc[c], rq_in_mult[c], rq_in_shift[c]
+                m.d.sync += [r0_acc[c].eq(rq_in_acc[c]), r0_mult[c].eq(rq_in_mult[c]),
+                             r0_shift[c].eq(rq_in_shift[c])]
+        with m.If(rq_en):
+            m.d.sync += [r1_valid.eq(r0_valid), r1_meta.eq(r0_meta)]
+            for c in range(TO):
+                a, mu, s = r0_acc[c], r0_mult[c], r0_shift[c]
                 m.d.sync += [
                     r1_prod[c].eq(a * mu[:15]),
                     r1_big[c].eq(mu[15:] != 0),
@@ -470,22 +482,35 @@ class LinearKernel(wiring.Component):
         r2_valid = Signal()
         r2_meta = Signal(len(meta_in))
         r2_y = [Signal(signed(16), name=f"r2_y{c}") for c in range(TO)]
-        r1_out16 = r1_meta[0]
-        hi = Mux(r1_out16, 32767, 127)
-        lo = Mux(r1_out16, -32768, -128)
         m.submodules.gelu = gmem = Memory(shape=unsigned(8), depth=256, init=[])
         gwp = gmem.write_port()
         m.d.comb += [self.g_i.ready.eq(1), gwp.addr.eq(self.g_i.payload.addr),
                      gwp.data.eq(self.g_i.payload.data), gwp.en.eq(self.g_i.valid)]
+        # stage r3 (between r1 and r2): the product shifted by s - 1 (or kept when s = 0); the
+        # rounding increment and the clamp follow in the next cycle
+        r3_valid = Signal()
+        r3_meta = Signal(len(meta_in))
+        r3_v = [Signal(signed(PW), name=f"r3_v{c}") for c in range(TO)]
+        r3_s0 = [Signal(name=f"r3_s0{c}") for c in range(TO)]
+        r3_big = [Signal(name=f"r3_big{c}") for c in range(TO)]
+        r3_pos = [Signal(name=f"r3_pos{c}") for c in range(TO)]
+        r3_neg = [Signal(name=f"r3_neg{c}") for c in range(TO)]
+        with m.If(rq_en):
+            m.d.sync += [r3_valid.eq(r1_valid), r3_meta.eq(r1_meta)]
+            for c in range(TO):
+                s, p = r1_shift[c], r1_prod[c]
+                m.d.sync += [r3_v[c].eq(Mux(s == 0, p, p >> (s - 1)[:6])), r3_s0[c].eq(s == 0),
+                             r3_big[c].eq(r1_big[c]), r3_pos[c].eq(r1_pos[c]), r3_neg[c].eq(r1_neg[c])]
+        r3_out16 = r3_meta[0]
+        hi = Mux(r3_out16, 32767, 127)
+        lo = Mux(r3_out16, -32768, -128)
         g_rd = []
         for c in range(TO):
-            s = r1_shift[c]
-            p = r1_prod[c]
-            q = p >> (s - 1)[:6]
-            r = Mux(s == 0, p, (q + 1) >> 1)
+            v = r3_v[c]
+            r = Mux(r3_s0[c], v, (v + 1) >> 1)
             y = Signal(signed(16), name=f"r1_y{c}")
-            with m.If(r1_big[c]):
-                m.d.comb += y.eq(Mux(r1_pos[c], hi, Mux(r1_neg[c], lo, 0)))
+            with m.If(r3_big[c]):
+                m.d.comb += y.eq(Mux(r3_pos[c], hi, Mux(r3_neg[c], lo, 0)))
             with m.Elif(r > hi):
                 m.d.comb += y.eq(hi)
             with m.Elif(r < lo):
@@ -498,7 +523,7 @@ class LinearKernel(wiring.Component):
             with m.If(rq_en):
                 m.d.sync += r2_y[c].eq(y)
         with m.If(rq_en):
-            m.d.sync += [r2_valid.eq(r1_valid), r2_meta.eq(r1_meta)]
+            m.d.sync += [r2_valid.eq(r3_valid), r2_meta.eq(r3_meta)]
 
         r2_out16, r2_gelu, r2_scatter, r2_flush = r2_meta[0], r2_meta[1], r2_meta[2], r2_meta[3]
         o = 4
@@ -537,7 +562,7 @@ class LinearKernel(wiring.Component):
 
             # flush control
             f_adv = ~f1_valid | rq_en
-            pipe_idle = ~(b_valid | c_valid | h_valid | r1_valid | r2_valid | s1_valid)
+            pipe_idle = ~(b_valid | c_valid | h_valid | r0_valid | r1_valid | r3_valid | r2_valid | s1_valid)
             f_issue = f_run & f_adv & ~f_issued_all
             with m.If(f_run):
                 m.d.comb += [arp.addr.eq(Cat(f_tok[:TKB], f_tile[:TB])), arp.en.eq(f_adv)]

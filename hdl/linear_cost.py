@@ -45,8 +45,14 @@ def _check_shape(name, v, lo=0):
         raise CostModelError(f"linear cost model: {name}={v!r} must be an int >= {lo}")
 
 
+# requantizer stages after the hold register / flush reader: r0 (inputs), r1 (product), r3
+# (shift), r2 (round, clamp, GELU read)
+RQ_STAGES = 4
+
+
 def schedule_cycles(items, params: LinearParams) -> int:
     """Cycles for a sequence of items: ("tile", n_tokens, d_in) or ("flush", n_entries)."""
+    R = RQ_STAGES - 2       # the constants below were first written for two stages
     NL = params.n_lanes
     loader_free = 0
     bank_free = [0, 0]
@@ -66,7 +72,7 @@ def schedule_cycles(items, params: LinearParams) -> int:
             f_start = start + 1
             bank_free[b] = f_start + n_entries + 1
             if n_entries:
-                end = f_start + n_entries + 3
+                end = f_start + n_entries + 3 + R
                 last_beat = f_start + n_entries
                 idle_at = end
             else:
@@ -88,8 +94,8 @@ def schedule_cycles(items, params: LinearParams) -> int:
         last_beat = arrival - 2
         bank_free[b] = c + 1
         last_lane = (n - 1) % NL
-        end = c + last_lane + 4
-        idle_at = max(c + NL + 1, c + last_lane + 5)   # hold drained, last beat scattered
+        end = c + last_lane + 4 + R
+        idle_at = max(c + NL + 1, c + last_lane + 5 + R)   # hold drained, last beat scattered
     return end
 
 
