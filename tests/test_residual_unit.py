@@ -70,7 +70,7 @@ def test_extremes_saturate_and_cycles():
     b = np.array([[127, -128, 127, -128] * 2, [-128, 127, 0, 1] * 2], dtype=np.int64)
     got, cycles = run_unit(op, x, b, lanes=4, stalls=False)
     assert np.array_equal(got, op(x, b)) and got.max() == 32767 and got.min() == -32768
-    # configuration (1) + 4 beats + 2 pipeline stages, counted by the monitor from the start
+    # configuration (1) + 4 beats + 3 pipeline stages, counted by the monitor from the start
     assert cycles == 1 + residual_cycles(4, ResidualParams(lanes=4))
 
 
