@@ -266,8 +266,9 @@ class LayerNormUnit(wiring.Component):
                     m.next = "IDLE"
 
         # ---------------------------------------------------------------- emit pipeline
-        # stage R: issue reads (row buffer + constants); stage A: yc*f; stage B: z*mult+offset;
-        # stage C: round, shift, clamp -> output register. A global stall holds every stage.
+        # stage R: issue reads (row buffer + constants); stage A0: yc = C*x - S; stage A: yc*f;
+        # stage B: z*mult+offset; stage C1: round, shift; stage C: clamp -> output register. A
+        # global stall holds every stage.
         # With E = emit_lanes < L, each beat passes the pipeline in G = L/E sub-steps of E lanes
         # (the read is held for the beat; the output beat is valid after its last sub-step).
         E = P.emit_width
@@ -283,6 +284,15 @@ class LayerNormUnit(wiring.Component):
         a_valid, a_last = Signal(), Signal()
         b_valid, b_last = Signal(), Signal()
         a_sub, b_sub, r_sub = Signal(range(G)), Signal(range(G)), Signal(range(G))
+        a0_valid, a0_last = Signal(), Signal()
+        a0_sub = Signal(range(G))
+        a0_f = Signal.like(e_f)
+        yc0 = [Signal(signed(28), name=f"yc{i}") for i in range(E)]       # |yc| < 2**26
+        a0_mult = [Signal(signed(MULT_BITS), name=f"a0_mult{i}") for i in range(E)]
+        a0_off = [Signal(signed(OFFSET_BITS), name=f"a0_off{i}") for i in range(E)]
+        c1_valid, c1_last = Signal(), Signal()
+        c1_sub = Signal(range(G))
+        c1_v = [Signal(signed(50), name=f"c1_v{i}") for i in range(E)]
         z = [Signal(signed(18), name=f"z{i}") for i in range(E)]   # |z| <= 2**15 + 1
         t = [Signal(signed(50), name=f"t{i}") for i in range(E)]   # |z*mult| < 2**41, |offset| < 2**47
         a_mult = [Signal(signed(MULT_BITS), name=f"a_mult{i}") for i in range(E)]
@@ -319,30 +329,40 @@ class LayerNormUnit(wiring.Component):
                         m.d.sync += [emit_busy.eq(0), full.bit_select(e_bank, 1).eq(0)]
                 with m.Else():
                     m.d.sync += e_sub.eq(e_sub + 1)
-            # stage A: z = (yc * f + 2**29) >> 30
-            m.d.sync += [a_valid.eq(r_valid), a_last.eq(r_last), a_sub.eq(r_sub)]
+            # stage A0: yc = C*x - S; stage A: z = (yc * f + 2**29) >> 30 (two products in one
+            # cycle were the unit's ECP5 critical path, 30.7 ns; bench/unit_fmax.py)
+            # (f travels with its row: the next row's emit may load e_f while this one is in A0)
+            m.d.sync += [a0_valid.eq(r_valid), a0_last.eq(r_last), a0_sub.eq(r_sub), a0_f.eq(e_f)]
             for j in range(E):
-                yc = channels * r_x[j] - e_s
-                prod = yc * e_f
+                m.d.sync += [yc0[j].eq(channels * r_x[j] - e_s), a0_mult[j].eq(r_mult[j]),
+                             a0_off[j].eq(r_off[j])]
+            m.d.sync += [a_valid.eq(a0_valid), a_last.eq(a0_last), a_sub.eq(a0_sub)]
+            for j in range(E):
+                prod = yc0[j] * a0_f
                 m.d.sync += [z[j].eq((prod + (1 << (LN_Z_SHIFT - 1))) >> LN_Z_SHIFT),
-                             a_mult[j].eq(r_mult[j]), a_off[j].eq(r_off[j])]
+                             a_mult[j].eq(a0_mult[j]), a_off[j].eq(a0_off[j])]
             # stage B: t = z * mult + offset
             m.d.sync += [b_valid.eq(a_valid), b_last.eq(a_last), b_sub.eq(a_sub)]
             for j in range(E):
                 m.d.sync += t[j].eq(z[j] * a_mult[j] + a_off[j])
-            # stage C: round, shift, clamp into the sub-step's lanes; the beat is out after its last
-            m.d.sync += [out_valid.eq(b_valid & (b_sub == G - 1)), out_last.eq(b_last)]
+            # stage C1: round and shift; stage C: clamp into the sub-step's lanes; the beat is out
+            # after its last sub-step
             half = (Const(1, 64) << shift) >> 1
-            with m.If(b_valid):
-                with m.Switch(b_sub):
+            m.d.sync += [c1_valid.eq(b_valid), c1_last.eq(b_last), c1_sub.eq(b_sub)]
+            for j in range(E):
+                m.d.sync += c1_v[j].eq((t[j] + half) >> shift)   # |t| < 2**48: fits 50 bits at any shift
+            m.d.sync += [out_valid.eq(c1_valid & (c1_sub == G - 1)), out_last.eq(c1_last)]
+            with m.If(c1_valid):
+                with m.Switch(c1_sub):
                     for g in range(G):
                         with m.Case(g):
                             for j in range(E):
-                                v = (t[j] + half) >> shift
+                                v = c1_v[j]
                                 m.d.sync += out_data[g * E + j].eq(Mux(v > 127, 127, Mux(v < -128, -128, v[:8])))
         m.d.comb += [self.y_o.valid.eq(out_valid), self.y_o.payload.data.eq(out_data),
                      self.y_o.payload.last.eq(out_last)]
-        m.d.comb += [pipe_busy.eq(emit_busy | emit_go | r_valid | a_valid | b_valid | out_valid | row_done),
+        m.d.comb += [pipe_busy.eq(emit_busy | emit_go | r_valid | a0_valid | a_valid | b_valid | c1_valid | out_valid
+                                       | row_done),
                      idle.eq((full == 0) & (in_beat == 0) & ~pipe_busy)]
         # the row's bank frees when its last beat is issued (reads are done by then); a stalled
         # output keeps every register, including the read data (rr.en / cr.en low)

