@@ -453,17 +453,20 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
 # blocks, and 8 emit lanes take 64 of them (2 lanes: 16; on the searched digits-moe design the
 # compiler cost model gives 76,532 cycles against 75,922 with 8 lanes, +0.8%)
 OPEN_FLOW_LN_EMIT_LANES = 2
+# LayerNorm isqrt/division steps per cycle in the open-flow builds: 4 steps in series took 25.6 ns
+# on ECP5 (the unit alone, bench/unit_fmax.py), too slow for the 50 MHz the boards target
+OPEN_FLOW_LN_STATS_STEPS = 2
 
 
 def buildable_space():
     """The search space restricted to what the accelerator top builds: tiles and lanes that make
     whole 64-bit memory words (hdl/top.py TopParams: multiples of 8); the LayerNorm normalizes
-    OPEN_FLOW_LN_EMIT_LANES lanes per cycle."""
+    OPEN_FLOW_LN_EMIT_LANES lanes per cycle and takes OPEN_FLOW_LN_STATS_STEPS division steps per cycle."""
     from accel.dse import default_space
     s = default_space()
     keep = lambda vals: tuple(v for v in vals if v % 8 == 0)
     return replace(s, t_in=keep(s.t_in), t_out=keep(s.t_out), ln_lanes=keep(s.ln_lanes), t_a=keep(s.t_a),
-                   ln_emit_lanes=OPEN_FLOW_LN_EMIT_LANES)
+                   ln_emit_lanes=OPEN_FLOW_LN_EMIT_LANES, ln_stats_steps=OPEN_FLOW_LN_STATS_STEPS)
 
 
 def smallest_design(cfg, board: Board):
@@ -471,7 +474,7 @@ def smallest_design(cfg, board: Board):
     attention lane of 8, 8 LayerNorm/residual lanes, at the board's target clock."""
     from accel.perf import design_for
     return design_for(cfg, 8, 8, 1, 2, 8, 1, 1, ln_lanes=8, clock_mhz=board.target_mhz,
-                      ln_emit_lanes=OPEN_FLOW_LN_EMIT_LANES)
+                      ln_emit_lanes=OPEN_FLOW_LN_EMIT_LANES, stats_steps=OPEN_FLOW_LN_STATS_STEPS)
 
 
 @dataclass(frozen=True)

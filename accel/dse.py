@@ -46,6 +46,7 @@ class Space:
     heads: tuple[int, ...] = (1, 2, 3, 4)
     n_a: tuple[int, ...] = (1, 2, 4)
     ln_emit_lanes: int | None = None   # LayerNorm lanes normalized per cycle, at most (None: all lanes)
+    ln_stats_steps: int = 4            # LayerNorm isqrt/division steps per cycle (accel.perf.design_for)
 
     def linear_points(self):
         return list(itertools.product(self.t_in, self.t_out, self.n_lanes, self.ln_lanes))
@@ -80,10 +81,11 @@ class _Evaluator:
     combinations (a generator's own checks, e.g. too many MACs)."""
 
     def __init__(self, cfg: ModelConfig, board: Board, multipliers_in_luts: bool = False,
-                 ln_emit_lanes: int | None = None):
+                 ln_emit_lanes: int | None = None, ln_stats_steps: int = 4):
         self.cfg, self.board = cfg, board
         self.multipliers_in_luts = multipliers_in_luts
         self.ln_emit_lanes = ln_emit_lanes
+        self.ln_stats_steps = ln_stats_steps
         self.count = 0
         self.explored: list[Performance] = []
         self._cache: dict[tuple, Performance | None] = {}
@@ -92,7 +94,8 @@ class _Evaluator:
         try:
             t_in, t_out, n_lanes, ln_lanes = lin
             return design_for(self.cfg, t_in, t_out, n_lanes, *att, ln_lanes=ln_lanes,
-                              clock_mhz=self.board.target_mhz, ln_emit_lanes=self.ln_emit_lanes)
+                              clock_mhz=self.board.target_mhz, ln_emit_lanes=self.ln_emit_lanes,
+                              stats_steps=self.ln_stats_steps)
         except (LinearParamError, AttentionParamError):
             return None
 
@@ -132,7 +135,7 @@ def exhaustive_search(cfg: ModelConfig, board: Board, space: Space | None = None
     space = space or default_space()
     check_model_fits_board(cfg, board)
     t0 = time.perf_counter()
-    ev = _Evaluator(cfg, board, multipliers_in_luts, space.ln_emit_lanes)
+    ev = _Evaluator(cfg, board, multipliers_in_luts, space.ln_emit_lanes, space.ln_stats_steps)
     lin_pts, att_pts = space.linear_points(), space.attention_points(cfg)
     best = None
     total = len(lin_pts) * len(att_pts)
@@ -155,7 +158,7 @@ def heuristic_search(cfg: ModelConfig, board: Board, space: Space | None = None,
     space = space or default_space()
     check_model_fits_board(cfg, board)
     t0 = time.perf_counter()
-    ev = _Evaluator(cfg, board, multipliers_in_luts, space.ln_emit_lanes)
+    ev = _Evaluator(cfg, board, multipliers_in_luts, space.ln_emit_lanes, space.ln_stats_steps)
     say = progress or (lambda s: None)
     lin_pts, att_pts = space.linear_points(), space.attention_points(cfg)
     dsp_budget = board.budget("dsp")

@@ -29,7 +29,7 @@ __all__ = ["CostModelError", "attention_cycles", "attention_passes", "attention_
 
 K_DRAIN = 4        # product, dot product, chunk sum, score write/max, phase switch
 V_DRAIN = 7        # score read, D, D*exp_mult, round/shift, table, product, accumulate, switch
-OUT_LATENCY = 2    # product with the reciprocal, rounding shift/clamp register
+OUT_LATENCY = 3    # product with the reciprocal, shift register, rounding/clamp register
 CFG_CYCLES = 1
 FAMILIES = ("xcup", "ecp5")
 
@@ -137,6 +137,7 @@ def attention_registers(params: AttentionParams) -> int:
     pipes = (5 * (1 + CB + TB + 8 * H * TA)   # V delay line
              + 2 + CB + TB + 2 + CB + TB      # product / K-path tags
              + H * TA * (AB + RB + 1) + TB + CB + 2   # output product stage
+             + H * TA * (AB + RB + 1) + TB + CB + 2   # output shift stage
              + H * TA * 8 + TB + CB + 2)      # output register
     score_rd = P.n_a * P.p * H * SB           # score buffer read register
     return control + NL * lane + pipes + score_rd

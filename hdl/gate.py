@@ -59,7 +59,8 @@ __all__ = ["GateParams", "GateParamError", "GateUnit", "gate_config", "config_la
 
 EXP_MULT_BITS = 15      # dyadic(): multipliers below 2**15 whenever the shift is above 0
 EXP_SHIFT_BITS = 6      # dyadic(): shifts in [0, 62]
-DIV_STEPS = 4           # restoring-division steps per cycle (both divisions)
+DIV_STEPS = 2           # restoring-division steps per cycle (both divisions): 4 in series took
+                        # 22.9 ns on ECP5 (bench/unit_fmax.py), too slow for 50 MHz
 RECIP_QBITS = GATE_PROB_BITS + GATE_RECIP_BITS - EXP2_OUT_BITS + 1   # 17: recip = 2**31 // sum <= 2**16
 RENORM_QBITS = 2 * GATE_PROB_BITS + 1                                 # 31: r2 = 2**30 // psum <= 2**30
 EXP_SHIFT_SAT = EXP2_OUT_BITS + 1   # EXP2_TABLE[f] >> s == 0 for every s >= 16 (table <= 2**15)
