@@ -14,15 +14,15 @@ into slices of w bits per operand, and a slice narrower than 2 bits stays in log
 the widths Amaranth writes, this overshoots: synthesis first flattens the design, merges
 duplicate products and narrows operands (``wreduce``). :func:`probe_script` runs those same
 passes with every product tagged, and :func:`probed_multipliers` reads back the products as the
-DSP mapping sees them (on the digits-moe accelerator: 211 blocks instead of 232, against 141
-counted after synthesis with 68 moved to LUTs). A plan made on probed products repeats the passes
+DSP mapping sees them (on the smallest digits-moe design: 211 blocks instead of 232; with the 53
+products the plan then moves to LUTs, synthesis maps 154 MULT18X18D against the part's 156). A
+plan made on probed products repeats the passes
 in its script and selects the products by their tag. Synthesis still counts the real cells and
 the build checks them against the part, so an estimate that is off shows up as an exact "does
 not fit" after synthesis.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -34,8 +34,9 @@ __all__ = ["Multiplier", "MultiplierPlan", "DSP_WIDTH", "rtlil_multipliers", "pl
 DSP_WIDTH = {"ecp5": 18, "ice40": 16}    # operand width of one DSP block's multiplier
 DSP_MIN_WIDTH = 2                        # synth_ecp5 / synth_ice40 -dsp: narrower slices stay in logic
 
-# The passes synth_ecp5 and synth_ice40 run (``coarse``) before they map products to DSP blocks:
-# after them the products are those the mapping sees (merged, dead ones gone, operands narrowed).
+# The passes synth_ecp5 runs (``coarse``) before it maps products to DSP blocks: after them the
+# products are those the mapping sees (merged, dead ones gone, operands narrowed). Checked on ECP5
+# only; iCE40 builds use the same probe (synth_ice40 -dsp is not measured against it).
 PREPARE_PASSES = ("flatten", "opt_expr", "opt_clean", "opt -nodffe -nosdff", "wreduce", "peepopt", "opt_clean")
 TAG = "accel_mul"                        # the attribute a probe tags each product with (its index)
 

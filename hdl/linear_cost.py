@@ -185,7 +185,9 @@ def register_bits(p: LinearParams) -> int:
     bits += 3 + x_layout(p).size                           # stage B
     bits += 2 * NL * TO * SW + lane_meta + 5               # stage C partial sums + accumulators
     bits += 1 + TO * NL * RW + lane_meta + TO * 37 + 5 + TB + max(0, (NL - 1).bit_length())
+    bits += 1 + meta + TO * (RW + 31 + 6)                  # requant stage 0 (inputs)
     bits += 1 + TO * (PW + 9) + meta                       # requant stage 1
+    bits += 1 + meta + TO * (PW + 4)                       # requant stage 3 (shifted, flags)
     bits += 1 + meta + TO * 16                             # requant stage 2
     bits += TO * 8                                         # GELU read registers
     if p.expert:
