@@ -93,10 +93,10 @@ def op_cycles(instrs: list[dict], params, counts: dict | None, layer, timing: Me
             if ins.get("mode") == MODE.RAW and ins.get("port") == PORT.LN_C:
                 kernel += w / bw            # the constants load before the first row
             if ins.get("mode") == MODE.LIN and n_rows:
-                # the sequencer spends lanes + 1 cycles per token group looking rows up and issues
+                # the sequencer spends lanes + 2 cycles per token group looking rows up and issues
                 # one piece per cycle: with 1-word pieces that shows beyond its lead
                 NL, K, wa = P.linear.n_lanes, ins["n_chunks"], ins["wa"]
-                per_group = max(0, NL + 1 + K * NL - K * NL * wa)
+                per_group = max(0, NL + 2 + K * NL - K * NL * wa)
                 # ... the lead it gains on a tile's multi-word descriptor and weight pieces, up to
                 # the word FIFO's credits
                 lead = min(P.fifo_words, ins["wpb"] - 1 + K * (ins["wb"] - 1))

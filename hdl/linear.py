@@ -330,7 +330,31 @@ class LinearKernel(wiring.Component):
                          b_pfirst.eq(pass_first)]
         wword = data.View(data.ArrayLayout(data.ArrayLayout(signed(8), TI), TO), wrp.data)
 
-        # stage C: N_L x T_out dot products of length T_in
+        # stage P: the N_L x T_out x T_in products, registered (the weight word leaves the block
+        # RAM late in the cycle; with products built in LUTs the multiply and the adder tree
+        # together were the deepest path of the design on the ECP5)
+        p_valid = Signal()
+        p_prod = [[[Signal(signed(16), name=f"p_prod_{l}_{c}_{i}") for i in range(TI)] for c in range(TO)]
+                  for l in range(NL)]
+        p_lanes = Signal(NL)
+        p_tok = [Signal(TKB, name=f"p_tok{l}") for l in range(NL)]
+        p_gate = [Signal(GATE_BITS, name=f"p_gate{l}") for l in range(NL)]
+        p_first = Signal()
+        p_last = Signal()
+        p_tlast = Signal()
+        p_bank = Signal()
+        p_pfirst = Signal()
+        with m.If(mac_en):
+            m.d.sync += [p_valid.eq(b_valid), p_lanes.eq(b_x.lanes), p_first.eq(b_x.first),
+                         p_last.eq(b_x.last), p_tlast.eq(b_x.tile_last), p_bank.eq(b_bank),
+                         p_pfirst.eq(b_pfirst)]
+            for l in range(NL):
+                m.d.sync += [p_tok[l].eq(b_x.tok[l]), p_gate[l].eq(b_x.gate[l])]
+                for c in range(TO):
+                    for i in range(TI):
+                        m.d.sync += p_prod[l][c][i].eq(b_x.data[l][i] * wword[c][i])
+
+        # stage C: N_L x T_out sums of T_in products
         c_valid = Signal()
         c_psum = [[Signal(signed(SW), name=f"c_psum_{l}_{c}") for c in range(TO)] for l in range(NL)]
         c_lanes = Signal(NL)
@@ -342,14 +366,13 @@ class LinearKernel(wiring.Component):
         c_bank = Signal()
         c_pfirst = Signal()
         with m.If(mac_en):
-            m.d.sync += [c_valid.eq(b_valid), c_lanes.eq(b_x.lanes), c_first.eq(b_x.first),
-                         c_last.eq(b_x.last), c_tlast.eq(b_x.tile_last), c_bank.eq(b_bank),
-                         c_pfirst.eq(b_pfirst)]
+            m.d.sync += [c_valid.eq(p_valid), c_lanes.eq(p_lanes), c_first.eq(p_first),
+                         c_last.eq(p_last), c_tlast.eq(p_tlast), c_bank.eq(p_bank),
+                         c_pfirst.eq(p_pfirst)]
             for l in range(NL):
-                m.d.sync += [c_tok[l].eq(b_x.tok[l]), c_gate[l].eq(b_x.gate[l])]
+                m.d.sync += [c_tok[l].eq(p_tok[l]), c_gate[l].eq(p_gate[l])]
                 for c in range(TO):
-                    m.d.sync += c_psum[l][c].eq(
-                        tree_sum(b_x.data[l][i] * wword[c][i] for i in range(TI)))
+                    m.d.sync += c_psum[l][c].eq(tree_sum(p_prod[l][c][i] for i in range(TI)))
 
         # accumulators and the hold register (one finished group, bias added, constants copied)
         acc = [[Signal(signed(SW), name=f"acc_{l}_{c}") for c in range(TO)] for l in range(NL)]
@@ -562,7 +585,7 @@ class LinearKernel(wiring.Component):
 
             # flush control
             f_adv = ~f1_valid | rq_en
-            pipe_idle = ~(b_valid | c_valid | h_valid | r0_valid | r1_valid | r3_valid | r2_valid | s1_valid)
+            pipe_idle = ~(b_valid | p_valid | c_valid | h_valid | r0_valid | r1_valid | r3_valid | r2_valid | s1_valid)
             f_issue = f_run & f_adv & ~f_issued_all
             with m.If(f_run):
                 m.d.comb += [arp.addr.eq(Cat(f_tok[:TKB], f_tile[:TB])), arp.en.eq(f_adv)]

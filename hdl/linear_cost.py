@@ -9,7 +9,8 @@ schedule below follows the RTL's handshakes group by group (O(groups), no per-cy
 
     load(i)  = max(loader free, bank of tile i released) ; ready(i) = load(i) + K + 1
     start(i) = max(ready(i), last beat of tile i-1 + 1)
-    C(g)     = max(last beat of g reaches stage C, C(g-1) + N_L)     (hold register hand-off)
+    C(g)     = max(last beat of g reaches stage C, C(g-1) + N_L)     (hold register hand-off;
+               a beat reaches C three cycles after it is accepted: stages B, P, C)
     end      = C(last) + last active lane + 3                         (drain, 2 requant stages)
 
 Expert passes are tiles in the same sequence; the flush waits for the pipe to empty, then reads
@@ -48,6 +49,9 @@ def _check_shape(name, v, lo=0):
 # requantizer stages after the hold register / flush reader: r0 (inputs), r1 (product), r3
 # (shift), r2 (round, clamp, GELU read)
 RQ_STAGES = 4
+# MAC stages from an accepted activation beat to the accumulators: B (weight read), P (products),
+# C (sums of T_in products)
+MAC_STAGES = 3
 
 
 def schedule_cycles(items, params: LinearParams) -> int:
@@ -85,13 +89,13 @@ def schedule_cycles(items, params: LinearParams) -> int:
         loader_free = ready
         s = max(ready, last_beat + 1)
         c = c_prev
-        arrival = s + K + 1
+        arrival = s + K + 1 + MAC_STAGES - 2
         for g in range(G):
             if g:
                 arrival = c + K
             c = max(arrival, c_prev + NL)
             c_prev = c
-        last_beat = arrival - 2
+        last_beat = arrival - MAC_STAGES
         bank_free[b] = c + 1
         last_lane = (n - 1) % NL
         end = c + last_lane + 4 + R
@@ -183,6 +187,7 @@ def register_bits(p: LinearParams) -> int:
     bits = 5 + 2 * KB + 1                                  # banks, loader, k, pass_first
     bits += 2 * desc_layout(p).size                        # two descriptors
     bits += 3 + x_layout(p).size                           # stage B
+    bits += 5 + NL * TO * p.t_in * 16 + lane_meta + NL     # stage P products
     bits += 2 * NL * TO * SW + lane_meta + 5               # stage C partial sums + accumulators
     bits += 1 + TO * NL * RW + lane_meta + TO * 37 + 5 + TB + max(0, (NL - 1).bit_length())
     bits += 1 + meta + TO * (RW + 31 + 6)                  # requant stage 0 (inputs)

@@ -443,6 +443,9 @@ class AccelTop(wiring.Component):
         lane_gate = Signal(data.ArrayLayout(unsigned(16), NL))
         lane_valid = Signal(NL)
         ld_i = Signal(range(NL + 2))
+        cap_v, cap_valid = Signal(), Signal()            # LIN_LOAD: a lane's row captured
+        cap_lane = Signal(range(NL))
+        cap_row, cap_tok, cap_gate = Signal(16), Signal(TKB), Signal(16)
 
         with m.FSM(name="seq"):
             with m.State("IDLE"):
@@ -534,19 +537,23 @@ class AccelTop(wiring.Component):
                 m.d.comb += q_rd.addr.eq(ins.expert[:EB] * QD + p_issue)
                 p_cap = Signal(16)
                 m.d.comb += p_cap.eq(g_cnt * NL + ld_i - 1)
-                with m.If(ld_i != 0):
-                    lane = ld_i - 1
+                # cycle l + 1 captures lane l's row, token and gate weight; cycle l + 2 computes its
+                # address (the product row * stride on its own cycle: a shorter path on the ECP5)
+                m.d.sync += cap_v.eq((ld_i != 0) & (ld_i <= NL))
+                with m.If((ld_i != 0) & (ld_i <= NL)):
                     valid = p_cap < n_rows
                     qe = q_rd.data
                     row = Mux(ins.list == LIST.GATHER, qe.tok, p_cap)
-                    row = Mux(valid, row, 0)
-                    tok = Mux(ins.list == LIST.SCATTER, qe.tok, p_cap)
-                    gw = Mux(ins.list == LIST.SCATTER, qe.gate, 0)
+                    m.d.sync += [cap_lane.eq(ld_i - 1), cap_row.eq(Mux(valid, row, 0)),
+                                 cap_tok.eq(Mux(ins.list == LIST.SCATTER, qe.tok, p_cap)),
+                                 cap_gate.eq(Mux(ins.list == LIST.SCATTER, qe.gate, 0)), cap_valid.eq(valid)]
+                with m.If(cap_v):
                     for l in range(NL):
-                        with m.If(lane == l):
-                            m.d.sync += [lane_addr[l].eq(ins.base_a + row * ins.stride_a), lane_tok[l].eq(tok),
-                                         lane_gate[l].eq(gw), lane_valid[l].eq(valid)]
-                with m.If(ld_i == NL):
+                        with m.If(cap_lane == l):
+                            m.d.sync += [lane_addr[l].eq(ins.base_a + cap_row * ins.stride_a),
+                                         lane_tok[l].eq(cap_tok), lane_gate[l].eq(cap_gate),
+                                         lane_valid[l].eq(cap_valid)]
+                with m.If(ld_i == NL + 1):
                     m.d.sync += [k_cnt.eq(0), l_cnt.eq(0), koff.eq(0)]
                     m.next = "LIN_X"
                 with m.Else():
@@ -696,18 +703,20 @@ class AccelTop(wiring.Component):
             with m.If(ins.mode == WMODE.GATE):
                 m.d.sync += [c.eq(0) for c in counts]
         writer_idle = Signal()
-        need = Signal(24)
-        m.d.comb += need.eq(Mux(ins.count_rows, counts_v[ins.expert[:EB]] * ins.n_reps, ins.n_beats))
+        need = Signal(24)     # registered: WAITING starts a cycle after DECODE loaded ``ins``
+        m.d.sync += need.eq(Mux(ins.count_rows, counts_v[ins.expert[:EB]] * ins.n_reps, ins.n_beats))
         m.d.comb += writer_idle.eq((taken >= need) & (outstanding == 0) & ~w_busy)
 
         # ------------------------------------------------------------------ controller
-        err = Signal(8)
+        err = Signal(8)       # registered: the controller sees an error one cycle after it occurs
         with m.If(att.error):
-            m.d.comb += err.eq(STATUS.ATTENTION)
+            m.d.sync += err.eq(STATUS.ATTENTION)
         with m.Elif(axi_err):
-            m.d.comb += err.eq(STATUS.AXI_RESP)
+            m.d.sync += err.eq(STATUS.AXI_RESP)
         with m.Elif(qfull):
-            m.d.comb += err.eq(STATUS.QUEUE_FULL)
+            m.d.sync += err.eq(STATUS.QUEUE_FULL)
+        with m.Else():
+            m.d.sync += err.eq(0)
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
         with m.FSM(name="ctrl"):
