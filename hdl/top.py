@@ -609,6 +609,29 @@ class AccelTop(wiring.Component):
         b_fire = M("bvalid") & M("bready")
         m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
 
+        # Register slices in front of the writer for the linear and attention outputs: a beat's
+        # address offsets (token * stride, tile or chunk * column step) are multiplied as it enters,
+        # so TAKE only adds them to the base (the product and the sum in one cycle were among the
+        # deepest paths on the ECP5). One beat each, full throughput. The program arms the writer
+        # only after a WAIT, so no beat waits here across a change of ``wins``.
+        def offset_slice(src, tok, col, mode, name):
+            valid = Signal(name=f"{name}_valid")
+            pay = Signal.like(src.payload, name=f"{name}_pay")
+            off_tok = Signal(32, name=f"{name}_off_tok")
+            off_col = Signal(32, name=f"{name}_off_col")
+            take = Signal(name=f"{name}_take")
+            accept = (wins.mode == mode) & (~valid | take)
+            m.d.comb += src.ready.eq(accept)
+            with m.If(accept):
+                m.d.sync += [valid.eq(src.valid), pay.eq(src.payload),
+                             off_tok.eq(tok * wins.stride_a), off_col.eq(col * wins.cstep_a)]
+            return valid, pay, off_tok + off_col, take
+
+        ly_valid, ly, ly_off, ly_take = offset_slice(lin.y_o, lin.y_o.payload.tok, lin.y_o.payload.tile,
+                                                     WMODE.LIN, "lin_out")
+        ao_valid, ao, ao_off, ao_take = offset_slice(att.o_o, att.o_o.payload.tok, att.o_o.payload.chunk,
+                                                     WMODE.ATT, "att_out")
+
         with m.FSM(name="writer"):
             with m.State("IDLE"):
                 with m.If(arm):
@@ -616,14 +639,14 @@ class AccelTop(wiring.Component):
             with m.State("TAKE"):
                 with m.Switch(wins.mode):
                     with m.Case(WMODE.LIN):
-                        y = lin.y_o.payload
-                        m.d.comb += lin.y_o.ready.eq(1)
-                        with m.If(lin.y_o.valid):
+                        y = ly
+                        m.d.comb += ly_take.eq(1)
+                        with m.If(ly_valid):
                             lo = Cat(*[y.data[c][:8] for c in range(TO)])
                             full = y.data.as_value()
                             m.d.sync += [wflat.eq(Mux(wins.out16, full, lo)),
                                          w_n.eq(Mux(wins.out16, TO // 4, TO // 8)), w_i.eq(0),
-                                         w_addr.eq(wins.base_a + y.tok * wins.stride_a + y.tile * wins.cstep_a),
+                                         w_addr.eq(wins.base_a + ly_off),
                                          w_hw.eq(255), w_hi.eq(0), taken.eq(taken + 1)]
                             m.next = "EMIT"
                     with m.Case(WMODE.ROWS):
@@ -641,10 +664,10 @@ class AccelTop(wiring.Component):
                                         m.d.sync += col_ptr.eq(col_ptr + (nb // 8))
                                     m.next = "EMIT"
                     with m.Case(WMODE.ATT):
-                        o = att.o_o.payload
-                        m.d.comb += att.o_o.ready.eq(1)
-                        with m.If(att.o_o.valid):
-                            a0 = wins.base_a + o.tok * wins.stride_a + o.chunk * wins.cstep_a
+                        o = ao
+                        m.d.comb += ao_take.eq(1)
+                        with m.If(ao_valid):
+                            a0 = wins.base_a + ao_off
                             m.d.sync += [wflat.eq(o.data.as_value()), w_n.eq(wins.na * (P.attention.t_a // 8)),
                                          w_i.eq(0), w_addr.eq(a0), w_head_start.eq(a0), w_hw.eq(P.attention.t_a // 8),
                                          w_hi.eq(0), taken.eq(taken + 1)]
