@@ -71,6 +71,11 @@ MULTIPLIER_PROBE = "multipliers_probe"    # .ys/.il/.log: the products as the DS
 # far from routed after 31; the static placer reached routing in 15 minutes and router2's
 # overuse kept falling (docs/benchmarks.md).
 NEXTPNR_OPTS = {"ecp5": "--placer static --router router2"}
+# Timing-driven placement packs the critical logic tightly; on the digits-moe accelerator router2
+# then stalls with about a thousand overused wires (timing-driven routing or not), where the
+# placement without timing weights routes in about 5 minutes (docs/benchmarks.md). Builds
+# therefore place and route without timing weights unless asked (``timing_driven=True``).
+NO_TIMING_DRIVEN = "--no-tmdriv"
 
 
 class BuildError(AccelError):
@@ -342,12 +347,14 @@ def _probe_multipliers(muls, name: str, build_dir: Path, env: dict, say, heartbe
 
 def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Callable[[str], None] | None = None,
               env: dict[str, str] | None = None, name: str = "top", check_fit_after_synthesis: bool = True,
-              dsp: bool = True, heartbeat_s: float = 20.0, dsp_budget: int | None = None) -> BuildResult:
+              dsp: bool = True, heartbeat_s: float = 20.0, dsp_budget: int | None = None,
+              timing_driven: bool = False) -> BuildResult:
     """Steps elaborate .. report (without the model's predictions) for an elaboratable ``top``
     on ``board``; the plan, logs and bitstream go to ``build_dir``. ``dsp=False``: multipliers in
     LUTs (Yosys ``-nodsp`` on ECP5; iCE40 then synthesizes without ``-dsp``). With DSPs, products
     beyond ``dsp_budget`` DSP blocks (default: the part's count) are built from LUTs, cheapest
-    first (accel.multipliers)."""
+    first (accel.multipliers). ``timing_driven``: nextpnr's timing-driven placement and routing
+    (better Fmax on small designs; the large ones may not finish routing, see NO_TIMING_DRIVEN)."""
     board = board if isinstance(board, Board) else load_board(board)
     say = _say(progress)
     family = _OPEN_FLOWS.get(board.flow)
@@ -368,7 +375,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     t = begin(0)
     # --timing-allow-fail: a missed clock is a result (the report says by how much), not a failed build
     opts = {"nextpnr_opts": " ".join(["--report nextpnr_report.json --timing-allow-fail",
-                                      NEXTPNR_OPTS.get(family, "")]).strip()}
+                                      NEXTPNR_OPTS.get(family, ""),
+                                      "" if timing_driven else NO_TIMING_DRIVEN]).strip()}
     if family == "ice40" and dsp:
         opts["synth_opts"] = "-dsp"
     elif family == "ecp5" and not dsp:
@@ -443,7 +451,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     return BuildResult(board=board.name, build_dir=str(build_dir), bitstream=str(bit), fmax=parsed["fmax"],
                        cells=parsed["cells"], resources=resources, synth_cells=synth_counts, seconds=seconds,
                        timing_met=timing_met, critical_paths=parsed["critical_paths"], clock_mhz=clock,
-                       extra={"multipliers": mul_plan.to_json() if mul_plan is not None else {"dsp": False}})
+                       extra={"multipliers": mul_plan.to_json() if mul_plan is not None else {"dsp": False},
+                              "timing_driven": timing_driven})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,10 +536,12 @@ def _sync_fmax(fmax: dict) -> tuple[str, dict] | None:
 
 def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out: str | Path = "build/bitstream",
                 params: str | Path | None = None, *, image: int = 0, dsp: bool = True, dsp_budget: int | None = None,
+                clock_mhz: float | None = None, timing_driven: bool = False,
                 progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
     """The whole flow for a model: the design (``params`` file or the search), the compiled memory
     image with evaluation image ``image``'s patches in place, the board top, the bitstream, and
-    ``out/report.json``. Returns the report."""
+    ``out/report.json``. Returns the report. ``clock_mhz``: build the design for this clock
+    instead of the design's own (after a build that missed timing: its achieved Fmax)."""
     from accel.models.config import load_config
     from accel.perf import evaluate
     from accel.project import top_params
@@ -540,8 +551,16 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     load_platform(board, str(model))    # AMD boards and boards without a platform stop here, before any work
     cfg = load_config(model)
     out = Path(out)
+    if clock_mhz is not None and (isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float))
+                                  or not clock_mhz > 0):
+        raise AccelError(f"clock_mhz={clock_mhz!r}: pass the accelerator clock in MHz, a number > 0 "
+                         "(or None for the design's own)")
     choice = choose_design(cfg, board, params, dsp=dsp, progress=say)
     perf, source, design = choice.perf, choice.source, choice.perf.design
+    if clock_mhz is not None and clock_mhz != design.clock_mhz:
+        say(f"building for {clock_mhz:g} MHz (the design says {design.clock_mhz:g} MHz)")
+        design = replace(design, clock_mhz=float(clock_mhz))
+        perf = evaluate(cfg, board, design, multipliers_in_luts=dsp)
     cost_model = {k: {"predicted": round(perf.resources[k], 1), "budget": perf.budget[k]} for k in perf.resources}
     if not perf.fits:
         over = ", ".join(f"{k.upper()} {perf.resources[k]:.0f} > {perf.budget[k]}" for k in perf.resources
@@ -573,7 +592,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     top = BoardTop(tp, words, comp.program_offset, clock_mhz=design.clock_mhz)
     t_prepare = round(time.perf_counter() - t_all, 2)
     res = build_top(top, board, out / "gateware", progress=say, dsp=dsp, dsp_budget=dsp_budget,
-                    heartbeat_s=heartbeat_s)
+                    heartbeat_s=heartbeat_s, timing_driven=timing_driven)
 
     achieved = _sync_fmax(res.fmax)
     fmax_sync = achieved[1]["achieved_mhz"] if achieved else None
@@ -605,7 +624,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     if not res.timing_met and fmax_sync:
         report["timing_note"] = (f"timing not met: the accelerator clock closes at {fmax_sync:.1f} MHz, below the "
                                  f"{res.clock_mhz:g} MHz it is built for; the bitstream may misbehave. Rebuild at a "
-                                 f"lower clock (clock_mhz in a --params file) or with a smaller design")
+                                 f"lower clock (accel build --clock-mhz {int(fmax_sync)}) or with a smaller design")
     report["seconds"] = {"design_and_compile": t_prepare, **res.seconds, "total": round(time.perf_counter() - t_all, 2)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))

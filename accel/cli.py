@@ -344,7 +344,8 @@ def cmd_project(args) -> dict:
 def cmd_build(args) -> dict:
     from accel.build import build_model
     res = build_model(args.board, args.model, args.out, params=args.params, dsp=not args.no_dsp,
-                      dsp_budget=args.dsp_budget, progress=_progress(True))
+                      dsp_budget=args.dsp_budget, clock_mhz=args.clock_mhz, timing_driven=args.timing_driven,
+                      progress=_progress(True))
     if not args.json:
         p = res["predicted"]
         print(f"{res['model']} on {res['board']} ({res['part']}): {res['bitstream']}")
@@ -467,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dsp-budget", type=int, default=None, metavar="N",
                    help="DSP blocks the multipliers may use (default: the part's count); the products cheapest "
                         "in LUTs beyond it are built from LUTs")
+    p.add_argument("--clock-mhz", type=float, default=None, metavar="MHZ",
+                   help="build for this accelerator clock instead of the design's (e.g. the Fmax a build reported)")
+    p.add_argument("--timing-driven", action="store_true",
+                   help="timing-driven placement and routing (better Fmax on small designs; on the digits-moe "
+                        "accelerator routing does not converge with it)")
     p = add("run", cmd_run, "the main job on the bundled default model and board: evaluate, search, generate, "
                             "simulate through the host driver, build the bitstream, report")
     p.add_argument("--model", default=DEFAULT_MODEL)

@@ -23,6 +23,7 @@ from accel.build import (STEPS, BuildError, DoesNotFit, board_resources, build_t
                          nextpnr_failure, parse_nextpnr_report, tool_environment)
 from accel.cli import main
 from accel.hdl.board_top import BoardTop, BoardTopError, CopyCore, ecp5_pll_config, image_words
+from accel.models.errors import AccelError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "data" / "nextpnr_report_ulx3s.json"
@@ -274,4 +275,26 @@ def test_run_builds_beside_the_simulation(monkeypatch, tmp_path, capsys):
     assert json.loads((tmp_path / "steps" / "5_build.json").read_text())["timing_met"] is True
     md = (tmp_path / "report.md").read_text()
     assert "## Bitstream" in md and "clock clk: Fmax 87.2 MHz against 50 MHz" in md
+    gc.collect()
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_build_clock_override_and_timing_driven_flag(monkeypatch, tmp_path):
+    """--clock-mhz rebuilds the design for another clock (the board top's PLL and the predictions
+    follow it); place and route is not timing-driven unless asked."""
+    import accel.build as build
+    seen = {}
+
+    def fake(top, board, build_dir, **kw):
+        seen.update(kw, clock=top.clock_mhz)
+        return _fake_build_top(top, board, build_dir, **kw)
+
+    monkeypatch.setattr(build, "build_top", fake)
+    assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "a"), "--clock-mhz", "35", "--json"]) == 0
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert seen["clock"] == 35.0 and seen["timing_driven"] is False and rep["params"]["clock_mhz"] == 35.0
+    assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "b"), "--timing-driven", "--json"]) == 0
+    assert seen["clock"] == 50.0 and seen["timing_driven"] is True
+    with pytest.raises(AccelError, match=r"clock_mhz=0: pass the accelerator clock in MHz, a number > 0"):
+        build.build_model("ulx3s-85f", "digits-moe", tmp_path / "c", clock_mhz=0)
     gc.collect()
