@@ -71,11 +71,13 @@ MULTIPLIER_PROBE = "multipliers_probe"    # .ys/.il/.log: the products as the DS
 # far from routed after 31; the static placer reached routing in 15 minutes and router2's
 # overuse kept falling (docs/benchmarks.md).
 NEXTPNR_OPTS = {"ecp5": "--placer static --router router2"}
-# Timing-driven placement packs the critical logic tightly; on the digits-moe accelerator router2
-# then stalls with about a thousand overused wires (timing-driven routing or not), where the
-# placement without timing weights routes in about 5 minutes (docs/benchmarks.md). Builds
-# therefore place and route without timing weights unless asked (``timing_driven=True``).
+# Timing-driven static placement packs the critical logic so tightly that router2 stalls with
+# about a thousand overused wires on the smallest digits-moe design (with timing-driven routing or
+# without); placed without timing weights it routes, in about 13 minutes of place and route. So
+# builds place and route without timing weights unless asked. Asked, ECP5 builds use the heap
+# placer at 60% peak density, which routed the same design in 21 minutes (docs/benchmarks.md).
 NO_TIMING_DRIVEN = "--no-tmdriv"
+NEXTPNR_TIMING_DRIVEN_OPTS = {"ecp5": "--placer heap --placer-heap-beta 0.6 --router router2"}
 
 
 class BuildError(AccelError):
@@ -375,8 +377,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     t = begin(0)
     # --timing-allow-fail: a missed clock is a result (the report says by how much), not a failed build
     opts = {"nextpnr_opts": " ".join(["--report nextpnr_report.json --timing-allow-fail",
-                                      NEXTPNR_OPTS.get(family, ""),
-                                      "" if timing_driven else NO_TIMING_DRIVEN]).strip()}
+                                      NEXTPNR_TIMING_DRIVEN_OPTS.get(family, "") if timing_driven else
+                                      f"{NEXTPNR_OPTS.get(family, '')} {NO_TIMING_DRIVEN}"]).strip()}
     if family == "ice40" and dsp:
         opts["synth_opts"] = "-dsp"
     elif family == "ecp5" and not dsp:

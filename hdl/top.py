@@ -609,22 +609,32 @@ class AccelTop(wiring.Component):
         b_fire = M("bvalid") & M("bready")
         m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
 
-        # Register slices in front of the writer for the linear and attention outputs: a beat's
-        # address offsets (token * stride, tile or chunk * column step) are multiplied as it enters,
-        # so TAKE only adds them to the base (the product and the sum in one cycle were among the
-        # deepest paths on the ECP5). One beat each, full throughput. The program arms the writer
-        # only after a WAIT, so no beat waits here across a change of ``wins``.
+        # Skid buffers in front of the writer for the linear and attention outputs. A beat's address
+        # offsets (token * stride, tile or chunk * column step) are multiplied as it enters, so TAKE
+        # only adds them to the base, and the unit's ``ready`` is a register (not the writer's
+        # state): on the ECP5 the product and the sum in one cycle, and the ready chain from the
+        # writer back through the linear kernel into the packer, were among the longest paths.
+        # Two beats each, full throughput. The program arms the writer only after a WAIT, so no
+        # beat waits here across a change of ``wins``.
         def offset_slice(src, tok, col, mode, name):
-            valid = Signal(name=f"{name}_valid")
-            pay = Signal.like(src.payload, name=f"{name}_pay")
-            off_tok = Signal(32, name=f"{name}_off_tok")
-            off_col = Signal(32, name=f"{name}_off_col")
+            def entry(tag):
+                return (Signal(name=f"{name}_{tag}valid"), Signal.like(src.payload, name=f"{name}_{tag}pay"),
+                        Signal(32, name=f"{name}_{tag}off_tok"), Signal(32, name=f"{name}_{tag}off_col"))
+            (valid, pay, off_tok, off_col), (s_valid, s_pay, s_off_tok, s_off_col) = entry(""), entry("skid_")
             take = Signal(name=f"{name}_take")
-            accept = (wins.mode == mode) & (~valid | take)
-            m.d.comb += src.ready.eq(accept)
-            with m.If(accept):
-                m.d.sync += [valid.eq(src.valid), pay.eq(src.payload),
-                             off_tok.eq(tok * wins.stride_a), off_col.eq(col * wins.cstep_a)]
+            m.d.comb += src.ready.eq((wins.mode == mode) & ~s_valid)
+            fire = src.valid & src.ready
+            incoming = [src.payload, tok * wins.stride_a, col * wins.cstep_a]
+            with m.If(~valid | take):                      # the main register is free this cycle
+                with m.If(s_valid):
+                    m.d.sync += [valid.eq(1), pay.eq(s_pay), off_tok.eq(s_off_tok), off_col.eq(s_off_col),
+                                 s_valid.eq(0)]
+                with m.Else():
+                    m.d.sync += [valid.eq(fire), pay.eq(incoming[0]), off_tok.eq(incoming[1]),
+                                 off_col.eq(incoming[2])]
+            with m.Elif(fire):                             # held: the new beat waits in the skid
+                m.d.sync += [s_valid.eq(1), s_pay.eq(incoming[0]), s_off_tok.eq(incoming[1]),
+                             s_off_col.eq(incoming[2])]
             return valid, pay, off_tok + off_col, take
 
         ly_valid, ly, ly_off, ly_take = offset_slice(lin.y_o, lin.y_o.payload.tok, lin.y_o.payload.tile,
