@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from types import SimpleNamespace
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -330,49 +331,45 @@ class LinearKernel(wiring.Component):
                          b_pfirst.eq(pass_first)]
         wword = data.View(data.ArrayLayout(data.ArrayLayout(signed(8), TI), TO), wrp.data)
 
+        # a beat's bookkeeping as it moves from stage to stage beside the data
+        def mac_stage(n):
+            return SimpleNamespace(valid=Signal(name=f"{n}_valid"), lanes=Signal(NL, name=f"{n}_lanes"),
+                                   tok=[Signal(TKB, name=f"{n}_tok{l}") for l in range(NL)],
+                                   gate=[Signal(GATE_BITS, name=f"{n}_gate{l}") for l in range(NL)],
+                                   first=Signal(name=f"{n}_first"), last=Signal(name=f"{n}_last"),
+                                   tlast=Signal(name=f"{n}_tlast"), bank=Signal(name=f"{n}_bank"),
+                                   pfirst=Signal(name=f"{n}_pfirst"))
+
+        def follow(dst, src):
+            m.d.sync += [dst.valid.eq(src.valid), dst.lanes.eq(src.lanes), dst.first.eq(src.first),
+                         dst.last.eq(src.last), dst.tlast.eq(src.tlast), dst.bank.eq(src.bank),
+                         dst.pfirst.eq(src.pfirst)]
+            m.d.sync += [d.eq(v) for d, v in zip(dst.tok + dst.gate, src.tok + src.gate)]
+
+        stage_b = SimpleNamespace(valid=b_valid, lanes=b_x.lanes, tok=[b_x.tok[l] for l in range(NL)],
+                                  gate=[b_x.gate[l] for l in range(NL)], first=b_x.first, last=b_x.last,
+                                  tlast=b_x.tile_last, bank=b_bank, pfirst=b_pfirst)
         # stage P: the N_L x T_out x T_in products, registered (the weight word leaves the block
         # RAM late in the cycle; with products built in LUTs the multiply and the adder tree
         # together were the deepest path of the design on the ECP5)
-        p_valid = Signal()
+        stage_p = mac_stage("p")
         p_prod = [[[Signal(signed(16), name=f"p_prod_{l}_{c}_{i}") for i in range(TI)] for c in range(TO)]
                   for l in range(NL)]
-        p_lanes = Signal(NL)
-        p_tok = [Signal(TKB, name=f"p_tok{l}") for l in range(NL)]
-        p_gate = [Signal(GATE_BITS, name=f"p_gate{l}") for l in range(NL)]
-        p_first = Signal()
-        p_last = Signal()
-        p_tlast = Signal()
-        p_bank = Signal()
-        p_pfirst = Signal()
-        with m.If(mac_en):
-            m.d.sync += [p_valid.eq(b_valid), p_lanes.eq(b_x.lanes), p_first.eq(b_x.first),
-                         p_last.eq(b_x.last), p_tlast.eq(b_x.tile_last), p_bank.eq(b_bank),
-                         p_pfirst.eq(b_pfirst)]
-            for l in range(NL):
-                m.d.sync += [p_tok[l].eq(b_x.tok[l]), p_gate[l].eq(b_x.gate[l])]
-                for c in range(TO):
-                    for i in range(TI):
-                        m.d.sync += p_prod[l][c][i].eq(b_x.data[l][i] * wword[c][i])
-
         # stage C: N_L x T_out sums of T_in products
-        c_valid = Signal()
+        stage_c = mac_stage("c")
         c_psum = [[Signal(signed(SW), name=f"c_psum_{l}_{c}") for c in range(TO)] for l in range(NL)]
-        c_lanes = Signal(NL)
-        c_tok = [Signal(TKB, name=f"c_tok{l}") for l in range(NL)]
-        c_gate = [Signal(GATE_BITS, name=f"c_gate{l}") for l in range(NL)]
-        c_first = Signal()
-        c_last = Signal()
-        c_tlast = Signal()
-        c_bank = Signal()
-        c_pfirst = Signal()
         with m.If(mac_en):
-            m.d.sync += [c_valid.eq(p_valid), c_lanes.eq(p_lanes), c_first.eq(p_first),
-                         c_last.eq(p_last), c_tlast.eq(p_tlast), c_bank.eq(p_bank),
-                         c_pfirst.eq(p_pfirst)]
+            follow(stage_p, stage_b)
+            follow(stage_c, stage_p)
             for l in range(NL):
-                m.d.sync += [c_tok[l].eq(p_tok[l]), c_gate[l].eq(p_gate[l])]
                 for c in range(TO):
                     m.d.sync += c_psum[l][c].eq(tree_sum(p_prod[l][c][i] for i in range(TI)))
+                    for i in range(TI):
+                        m.d.sync += p_prod[l][c][i].eq(b_x.data[l][i] * wword[c][i])
+        p_valid = stage_p.valid
+        c_valid, c_lanes, c_tok, c_gate = stage_c.valid, stage_c.lanes, stage_c.tok, stage_c.gate
+        c_first, c_last, c_tlast, c_bank, c_pfirst = (stage_c.first, stage_c.last, stage_c.tlast, stage_c.bank,
+                                                      stage_c.pfirst)
 
         # accumulators and the hold register (one finished group, bias added, constants copied)
         acc = [[Signal(signed(SW), name=f"acc_{l}_{c}") for c in range(TO)] for l in range(NL)]
