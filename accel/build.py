@@ -75,7 +75,8 @@ NEXTPNR_OPTS = {"ecp5": "--placer static --router router2"}
 # about a thousand overused wires on the smallest digits-moe design (with timing-driven routing or
 # without); placed without timing weights it routes, in about 13 minutes of place and route. So
 # builds place and route without timing weights unless asked. Asked, ECP5 builds use the heap
-# placer at 60% peak density, which routed the same design in 21 minutes (docs/benchmarks.md).
+# placer at 60% peak density, which routed the design before its writer skid buffers in 21 minutes
+# (36.2 MHz) but diverged on the current netlist (docs/benchmarks.md).
 NO_TIMING_DRIVEN = "--no-tmdriv"
 NEXTPNR_TIMING_DRIVEN_OPTS = {"ecp5": "--placer heap --placer-heap-beta 0.6 --router router2"}
 
@@ -356,7 +357,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     LUTs (Yosys ``-nodsp`` on ECP5; iCE40 then synthesizes without ``-dsp``). With DSPs, products
     beyond ``dsp_budget`` DSP blocks (default: the part's count) are built from LUTs, cheapest
     first (accel.multipliers). ``timing_driven``: nextpnr's timing-driven placement and routing
-    (better Fmax on small designs; the large ones may not finish routing, see NO_TIMING_DRIVEN)."""
+    (the large designs may not finish routing with it, see NO_TIMING_DRIVEN)."""
     board = board if isinstance(board, Board) else load_board(board)
     say = _say(progress)
     family = _OPEN_FLOWS.get(board.flow)

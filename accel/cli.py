@@ -471,8 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock-mhz", type=float, default=None, metavar="MHZ",
                    help="build for this accelerator clock instead of the design's (e.g. the Fmax a build reported)")
     p.add_argument("--timing-driven", action="store_true",
-                   help="timing-driven placement and routing (better Fmax on small designs; on the digits-moe "
-                        "accelerator routing does not converge with it)")
+                   help="timing-driven placement and routing (on the digits-moe accelerator it routed one netlist "
+                        "at 36.2 MHz against 34.3 without, and diverged on the current one)")
     p = add("run", cmd_run, "the main job on the bundled default model and board: evaluate, search, generate, "
                             "simulate through the host driver, build the bitstream, report")
     p.add_argument("--model", default=DEFAULT_MODEL)

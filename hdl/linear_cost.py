@@ -187,7 +187,7 @@ def register_bits(p: LinearParams) -> int:
     bits = 5 + 2 * KB + 1                                  # banks, loader, k, pass_first
     bits += 2 * desc_layout(p).size                        # two descriptors
     bits += 3 + x_layout(p).size                           # stage B
-    bits += 5 + NL * TO * p.t_in * 16 + lane_meta + NL     # stage P products
+    bits += NL * TO * p.t_in * 16 + lane_meta + 5          # stage P products (bookkeeping as stage C)
     bits += 2 * NL * TO * SW + lane_meta + 5               # stage C partial sums + accumulators
     bits += 1 + TO * NL * RW + lane_meta + TO * 37 + 5 + TB + max(0, (NL - 1).bit_length())
     bits += 1 + meta + TO * (RW + 31 + 6)                  # requant stage 0 (inputs)
