@@ -347,35 +347,54 @@ class AccelTop(wiring.Component):
         m.d.comb += [M("rready").eq(dfifo.w_rdy), dfifo.w_data.eq(M("rdata")), dfifo.w_en.eq(M("rvalid"))]
         m.d.comb += axi_err.eq((M("rvalid") & (M("rresp") != 0)) | (M("bvalid") & (M("bresp") != 0)))
 
-        # packer
+        # packer: gathers a beat's words, then queues the beat in a two-entry register FIFO. A unit's
+        # ``ready`` moves only the FIFO's read pointer and count (a few flip-flops): the words sit
+        # still in the entry they were written to, and the packer sees a registered "not full".
+        # On the ECP5 a unit's ready used to reach the word FIFO's read enable and the clock enable
+        # of every packed word, the longest routed path of the design.
         meta_r = Signal(meta_l)
         m.d.comb += meta_r.eq(mfifo.r_data)
         idx = Signal(7)
         buf = [Signal(64, name=f"buf{i}") for i in range(MAXW)]
         merged = [Signal(64, name=f"merged{i}") for i in range(MAXW)]
+        NPORT = PORT.INSTR + 1
+        slot_words = [Signal(64 * MAXW, name=f"beat{k}_words") for k in range(2)]
+        slot_meta = [Signal(meta_l, name=f"beat{k}_meta") for k in range(2)]
+        slot_port = [Signal(NPORT, name=f"beat{k}_port") for k in range(2)]   # one-hot, decoded on entry
+        b_wp, b_rp = Signal(), Signal()
+        b_count = Signal(range(3))
         out_valid = Signal()
         out_words = Signal(64 * MAXW)
         out_meta = Signal(meta_l)
+        out_port = Signal(NPORT)
         out_accept = Signal()
-        out_free = ~out_valid | out_accept
+        m.d.comb += [out_valid.eq(b_count != 0),
+                     out_words.eq(Mux(b_rp, slot_words[1], slot_words[0])),
+                     out_meta.eq(Mux(b_rp, slot_meta[1], slot_meta[0])),
+                     out_port.eq(Mux(b_rp, slot_port[1], slot_port[0]) & out_valid.replicate(NPORT))]
         word = dfifo.r_data
         for i in range(MAXW):
             m.d.comb += merged[i].eq(Mux(idx == i, word, buf[i]))
         complete = idx == meta_r.n - 1
-        can_take = mfifo.r_rdy & dfifo.r_rdy & (~complete | out_free)
-        m.d.comb += [pop_word.eq(can_take), dfifo.r_en.eq(can_take), mfifo.r_en.eq(can_take & complete)]
-        with m.If(out_accept):
-            m.d.sync += out_valid.eq(0)
+        can_take = mfifo.r_rdy & dfifo.r_rdy & (~complete | (b_count != 2))
+        beat_in = Signal()
+        m.d.comb += [pop_word.eq(can_take), dfifo.r_en.eq(can_take), mfifo.r_en.eq(can_take & complete),
+                     beat_in.eq(can_take & complete)]
         with m.If(can_take):
             m.d.sync += [buf[i].eq(merged[i]) for i in range(MAXW)]
             with m.If(complete):
-                m.d.sync += [idx.eq(0), out_valid.eq(1), out_words.eq(Cat(*merged)), out_meta.eq(meta_r)]
+                m.d.sync += idx.eq(0)
             with m.Else():
                 m.d.sync += idx.eq(idx + 1)
+        for k in range(2):
+            with m.If(beat_in & (b_wp == k)):
+                m.d.sync += [slot_words[k].eq(Cat(*merged)), slot_meta[k].eq(meta_r),
+                             slot_port[k].eq(Const(1, NPORT) << meta_r.port)]
+        m.d.sync += [b_count.eq(b_count + beat_in - out_accept), b_wp.eq(b_wp ^ beat_in), b_rp.eq(b_rp ^ out_accept)]
 
         # kernel input ports
         def feed(port_id, stream, fill):
-            sel = out_valid & (out_meta.port == port_id)
+            sel = out_port[port_id]
             m.d.comb += stream.valid.eq(sel)
             with m.If(sel):
                 m.d.comb += out_accept.eq(stream.ready)
@@ -418,7 +437,7 @@ class AccelTop(wiring.Component):
         feed(PORT.GATE_L, gate.l_i, rows(E * 16))
         ins_arrived = Signal()
         ins_ready = Signal()
-        ins_sel = out_valid & (out_meta.port == PORT.INSTR)
+        ins_sel = out_port[PORT.INSTR]
         m.d.comb += ins_arrived.eq(ins_sel & ins_ready)
         with m.If(ins_sel):
             m.d.comb += out_accept.eq(ins_ready)
