@@ -393,11 +393,11 @@ class AccelTop(wiring.Component):
         m.d.sync += [b_count.eq(b_count + beat_in - out_accept), b_wp.eq(b_wp ^ beat_in), b_rp.eq(b_rp ^ out_accept)]
 
         # kernel input ports
+        port_ready = {}
+
         def feed(port_id, stream, fill):
-            sel = out_port[port_id]
-            m.d.comb += stream.valid.eq(sel)
-            with m.If(sel):
-                m.d.comb += out_accept.eq(stream.ready)
+            m.d.comb += stream.valid.eq(out_port[port_id])
+            port_ready[port_id] = stream.ready
             fill(stream.payload)
 
         def raw(p):
@@ -437,10 +437,10 @@ class AccelTop(wiring.Component):
         feed(PORT.GATE_L, gate.l_i, rows(E * 16))
         ins_arrived = Signal()
         ins_ready = Signal()
-        ins_sel = out_port[PORT.INSTR]
-        m.d.comb += ins_arrived.eq(ins_sel & ins_ready)
-        with m.If(ins_sel):
-            m.d.comb += out_accept.eq(ins_ready)
+        m.d.comb += ins_arrived.eq(out_port[PORT.INSTR] & ins_ready)
+        port_ready[PORT.INSTR] = ins_ready
+        # one port is selected at a time: an OR of (selected & ready), not a priority chain of 15
+        m.d.comb += out_accept.eq(Cat(*[out_port[p] & r for p, r in sorted(port_ready.items())]).any())
 
         # ------------------------------------------------------------------ sequencer
         ins = Signal(instr_layout)          # the instruction being executed
