@@ -327,22 +327,32 @@ class AccelTop(wiring.Component):
         m.d.comb += blen16.eq(Mux(rem < MAX_BURST, rem, MAX_BURST))
         blen = Signal(6)
         m.d.comb += blen.eq(Mux(to_4k < blen16, to_4k, blen16))
+        # AR register slice: a burst is staged (address summed with the base, length, credit
+        # reserved) a cycle before it is offered, so the slave's ``arready`` reaches only the
+        # stage's valid bit, and the sum and the piece bookkeeping stay out of the AXI handshake
+        ar_v, ar_addr, ar_len = Signal(), Signal(len(M("araddr"))), Signal(6)
         ar_fire = Signal()
+        stage = Signal()      # the next burst of the current piece enters the slice
         m.d.comb += [
-            M("arvalid").eq((rem != 0) & (credit >= blen)),
-            M("araddr").eq(mem_base + cur_addr), M("arlen").eq(blen - 1), M("arsize").eq(3), M("arburst").eq(1),
-            ar_fire.eq(M("arvalid") & M("arready")),
+            M("arvalid").eq(ar_v), M("araddr").eq(ar_addr), M("arlen").eq(ar_len - 1),
+            M("arsize").eq(3), M("arburst").eq(1),
+            ar_fire.eq(ar_v & M("arready")),
+            stage.eq((rem != 0) & (credit >= blen) & (~ar_v | M("arready"))),
         ]
-        # the next piece loads in the cycle the current one's last burst is accepted
+        with m.If(stage):
+            m.d.sync += [ar_v.eq(1), ar_addr.eq(mem_base + cur_addr), ar_len.eq(blen)]
+        with m.Elif(ar_fire):
+            m.d.sync += ar_v.eq(0)
+        # the next piece loads in the cycle the current one's last burst is staged
         take_piece = Signal()
-        m.d.comb += [take_piece.eq(pfifo.r_rdy & ((rem == 0) | (ar_fire & (rem == blen)))),
+        m.d.comb += [take_piece.eq(pfifo.r_rdy & ((rem == 0) | (stage & (rem == blen)))),
                      pfifo.r_en.eq(take_piece)]
         with m.If(take_piece):
             m.d.sync += [cur_addr.eq(piece_r.addr), rem.eq(piece_r.n)]
-        with m.Elif(ar_fire):
+        with m.Elif(stage):
             m.d.sync += [cur_addr.eq(cur_addr + (blen << 3)), rem.eq(rem - blen)]
         pop_word = Signal()
-        m.d.sync += credit.eq(credit - Mux(ar_fire, blen, 0) + pop_word)
+        m.d.sync += credit.eq(credit - Mux(stage, blen, 0) + pop_word)
         axi_err = Signal()
         m.d.comb += [M("rready").eq(dfifo.w_rdy), dfifo.w_data.eq(M("rdata")), dfifo.w_en.eq(M("rvalid"))]
         m.d.comb += axi_err.eq((M("rvalid") & (M("rresp") != 0)) | (M("bvalid") & (M("bresp") != 0)))
