@@ -23,7 +23,7 @@ def layernorm_cycles(rows: int, channels: int, params: LayerNormParams, config: 
     for r in range(rows):
         start = max(ingest_end_prev, take_prev + 1, emit_end[r % 2])
         ingest_end = start + beats
-        take = max(ingest_end, stats_free)
+        take = max(ingest_end + 1, stats_free)     # the last beat's sums are added a cycle after it
         done = take + stats_cycles(params.stats_steps)
         emit_start = max(done + 2, emit_end_prev)
         stats_free = emit_start
