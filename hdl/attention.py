@@ -317,8 +317,8 @@ class AttentionKernel(wiring.Component):
         prod = [[Signal(signed(25), name=f"prod_{s}_{h}_{t}") for t in range(TA)] for (s, h) in lanes]
         e_at_p = [Signal(16, name=f"ep_{s}_{h}") for (s, h) in lanes]
 
-        # V pipeline registers (stage 1 .. 5), v data carried along
-        NVS = 5
+        # V pipeline registers (stage 1 .. NVS), v data carried along
+        NVS = 6
         vval = [Signal(name=f"vval{i}") for i in range(NVS + 1)]
         vchk = [Signal.like(chunk, name=f"vchk{i}") for i in range(NVS + 1)]
         vkey = [Signal.like(key, name=f"vkey{i}") for i in range(NVS + 1)]
@@ -354,10 +354,13 @@ class AttentionKernel(wiring.Component):
             m.submodules[f"exp_rom_{s}_{h}"] = rom
             rrp = rom.read_port(domain="comb")
             m.d.comb += rrp.addr.eq(frac4[li])
-            m.d.sync += e5[li].eq(rrp.data >> sh4[li])
+            # the table read and the shift in separate cycles (together 12 LUT levels on ECP5)
+            tbl = Signal(16, name=f"tbl_{s}_{h}")
+            sh5 = Signal.like(sh4[li], name=f"sh5_{s}_{h}")
+            m.d.sync += [tbl.eq(rrp.data), sh5.eq(sh4[li]), e5[li].eq(tbl >> sh5)]
 
         # multiplier inputs
-        vmode = vval[NVS - 1]    # stage-5 V beat present (e5 valid for it)
+        vmode = vval[NVS - 1]    # last-stage V beat present (e5 valid for it)
         m.d.sync += [pv.eq(k_ok), pvv.eq(vmode),
                      p_chunk.eq(Mux(vmode, vchk[NVS - 1], chunk)),
                      p_key.eq(Mux(vmode, vkey[NVS - 1], key))]
