@@ -277,7 +277,6 @@ class GateUnit(wiring.Component):
                                      t_e[j].eq(e)]
 
         # ---------------------------------------------------------------- back end
-        b_sum = Signal(DW)
         b_idx = Signal(data.ArrayLayout(unsigned(IB), K))
         b_e = Signal(data.ArrayLayout(unsigned(16), K))
         b_p = Signal(data.ArrayLayout(unsigned(16), K))   # probabilities, then weights
@@ -288,11 +287,13 @@ class GateUnit(wiring.Component):
         quo = Signal(RENORM_QBITS)
         num = Signal(RENORM_QBITS)          # dividend bits still to shift in, from the top
         left = Signal(range(RENORM_QBITS + 1))
-        phase2 = Signal()                   # the division in progress is the renormalization
         prod = Signal(16 + RENORM_QBITS)    # PROB / RENORM: the slot's product, rounded next cycle
 
-        # restoring division, S steps per cycle: quo = dividend // divisor
-        divisor = Mux(phase2, Mux(psum == 0, 1, psum), b_sum)
+        # restoring division, S steps per cycle: quo = dividend // divisor. The divisor is a
+        # register: the sum of e at the start, the sum of p for the renormalization. (p sums to
+        # 0 only when every p is 0, and then every weight is 0 whatever the quotient, so the
+        # reference's max(psum, 1) needs no hardware.)
+        divisor = Signal(DW)
         r_, q_, n_ = rem, quo, num
         for j in range(S):
             t = Cat(n_[RENORM_QBITS - 1], r_)
@@ -307,7 +308,7 @@ class GateUnit(wiring.Component):
             r_, q_, n_ = r_n, q_n, n_n
 
         def start_back():
-            m.d.sync += [b_sum.eq(s_sum), b_last.eq(f_last), b_p.eq(0), psum.eq(0), jj.eq(0), phase2.eq(0),
+            m.d.sync += [divisor.eq(s_sum), b_last.eq(f_last), b_p.eq(0), psum.eq(0), jj.eq(0),
                          rem.eq(1 << (EXP2_OUT_BITS - 1)), num.eq(0), quo.eq(0), left.eq(RECIP_QBITS)]
             for j in range(K):
                 chosen = (j < top_k) & t_valid[j]
@@ -350,7 +351,7 @@ class GateUnit(wiring.Component):
                 m.next = "PROB"
                 with m.If(last_slot):
                     with m.If(renorm):
-                        m.d.sync += [phase2.eq(1), rem.eq(0), quo.eq(0), num.eq(1 << (RENORM_QBITS - 1)),
+                        m.d.sync += [divisor.eq(psum + p), rem.eq(0), quo.eq(0), num.eq(1 << (RENORM_QBITS - 1)),
                                      left.eq(RENORM_QBITS)]
                         m.next = "DIV2"
                     with m.Else():
