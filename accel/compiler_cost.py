@@ -5,8 +5,8 @@ after another, so each fetched instruction costs a fetch (memory latency + 8 wor
 loop, ``FETCH_CYCLES``). While an op runs, three things go on at once and the slowest sets its
 length: the memory port moving its words (one 64-bit word per cycle at most), the kernel's own
 compute (LayerNorm statistics, the gate unit, attention divisions), and the writer (one cycle per
-output beat plus one per word). Measured constants are named below; ``bench/model_cycles.py`` and
-``accel sim model`` print the model against the RTL simulation, per op kind and in total.
+output beat plus one per word). Measured constants are named below; ``accel sim model`` (and
+``accel run``'s simulate step) print the model against the RTL simulation, per op kind and in total.
 
 Expert ops depend on the routing: the expert token counts come from the reference run of the
 image (an expert with no tokens is skipped: its instructions are never fetched).
