@@ -248,7 +248,6 @@ class AttentionKernel(wiring.Component):
 
         # ---- configuration registers
         exp_mult = Signal(15)
-        exp_shift = Signal(6)
         out_mult = Signal(15)
         out_shift = Signal(6)
         n_q = Signal(P.len_bits)
@@ -334,8 +333,8 @@ class AttentionKernel(wiring.Component):
         frac4 = [Signal(EXP2_FRAC_BITS, name=f"frac_{s}_{h}") for (s, h) in lanes]
         sh4 = [Signal(range(EXP_SHIFT_SAT + 1), name=f"sh_{s}_{h}") for (s, h) in lanes]
         e5 = [Signal(16, name=f"e_{s}_{h}") for (s, h) in lanes]
-        es_m1 = Signal(6)
-        m.d.comb += es_m1.eq(exp_shift - 1)
+        es_m1 = Signal(6)       # exp_shift - 1 and exp_shift == 0: registers set with exp_shift
+        es_zero = Signal()
         for r in range(NA):
             m.d.comb += rps[r].addr.eq(key)
         for li, (s, h) in enumerate(lanes):
@@ -346,7 +345,7 @@ class AttentionKernel(wiring.Component):
             m.d.sync += d2[li].eq(rmax[li] - sc)
             m.d.sync += ep3[li].eq(d2[li] * exp_mult)
             u = Signal(EB, name=f"u_{s}_{h}")
-            m.d.comb += u.eq(Mux(exp_shift == 0, ep3[li], ((ep3[li] >> es_m1) + 1) >> 1))
+            m.d.comb += u.eq(Mux(es_zero, ep3[li], ((ep3[li] >> es_m1) + 1) >> 1))
             ip = u[EXP2_FRAC_BITS:]
             m.d.sync += [frac4[li].eq(u[:EXP2_FRAC_BITS]),
                          sh4[li].eq(Mux(ip >= EXP_SHIFT_SAT, EXP_SHIFT_SAT, ip))]
@@ -518,7 +517,8 @@ class AttentionKernel(wiring.Component):
                     with m.If(bad):
                         m.d.sync += err.eq(1)
                     with m.Else():
-                        m.d.sync += [exp_mult.eq(c.exp_mult), exp_shift.eq(c.exp_shift),
+                        m.d.sync += [exp_mult.eq(c.exp_mult),
+                                     es_m1.eq(c.exp_shift - 1), es_zero.eq(c.exp_shift == 0),
                                      out_mult.eq(c.out_mult), out_shift.eq(c.out_shift),
                                      n_q.eq(c.n_q), n_k.eq(c.n_k), pass_base.eq(0),
                                      slot.eq(0), chunk.eq(0), state.eq(S_QLOAD)]

@@ -127,7 +127,7 @@ def attention_registers(params: AttentionParams) -> int:
     LB, TB = P.len_bits, P.tok_bits
     CB = max(1, (max(C, 2) - 1).bit_length())
     SLB = max(1, (max(P.slots, 2) - 1).bit_length())
-    control = (15 + 6 + 15 + 6 + 2 * LB) + 1 + 3 + LB + SLB + CB + TB + 5 + 2 + 2
+    control = (15 + 7 + 15 + 6 + 2 * LB) + 1 + 3 + LB + SLB + CB + TB + 5 + 2 + 2
     lane = (C * TA * 8 + C * TA * AB          # query and accumulator chains
             + SB + UB + RB                    # row max, row sum, reciprocal
             + (15 + RB) + (UB + RB - 1)       # divider remainder and divisor

@@ -172,14 +172,16 @@ class GateUnit(wiring.Component):
         n_exp = Signal(E.bit_length())
         top_k = Signal(K.bit_length())
         exp_mult = Signal(EXP_MULT_BITS)
-        exp_shift = Signal(EXP_SHIFT_BITS)
+        es_m1 = Signal(EXP_SHIFT_BITS)      # exp_shift - 1 and exp_shift == 0, set with it
+        es_zero = Signal()
         renorm = Signal()
         idle = Signal()
         m.d.comb += self.c_i.ready.eq(idle)
         with m.If(self.c_i.valid & self.c_i.ready):
             c = self.c_i.payload
             m.d.sync += [n_exp.eq(c.n_experts), top_k.eq(c.top_k), exp_mult.eq(c.exp_mult),
-                         exp_shift.eq(c.exp_shift), renorm.eq(c.renormalize)]
+                         renorm.eq(c.renormalize),
+                         es_m1.eq(c.exp_shift - 1), es_zero.eq(c.exp_shift == 0)]
 
         # ---------------------------------------------------------------- front end
         lg = Signal(data.ArrayLayout(signed(16), E))
@@ -242,10 +244,8 @@ class GateUnit(wiring.Component):
         rom = Memory(shape=unsigned(16), depth=1 << EXP2_FRAC_BITS, init=[int(x) for x in EXP2_TABLE])
         m.submodules.exp_rom = rom
         rrp = rom.read_port(domain="sync")
-        es_m1 = Signal(EXP_SHIFT_BITS)
         u = Signal(16 + EXP_MULT_BITS)
-        m.d.comb += [es_m1.eq(exp_shift - 1),
-                     u.eq(Mux(exp_shift == 0, p_prod, ((p_prod >> es_m1) + 1) >> 1)),
+        m.d.comb += [u.eq(Mux(es_zero, p_prod, ((p_prod >> es_m1) + 1) >> 1)),
                      rrp.addr.eq(u[:EXP2_FRAC_BITS])]
         ip = u[EXP2_FRAC_BITS:]
         u_valid = Signal()

@@ -144,6 +144,7 @@ class LayerNormUnit(wiring.Component):
         channels = Signal(11)
         beats = Signal(range(NB + 1))
         shift = Signal(6)
+        half = Signal(63)       # 2**(shift-1) (0 for shift 0), a register: no decoder on the rounding path
         cfg_addr = Signal(range(NB + 1))
 
         # ---------------------------------------------------------------- row buffer (2 banks)
@@ -169,6 +170,7 @@ class LayerNormUnit(wiring.Component):
         with m.If(self.c_i.valid & self.c_i.ready):
             with m.If(self.c_i.payload.first):
                 m.d.sync += [channels.eq(self.c_i.payload.channels), shift.eq(self.c_i.payload.shift),
+                             half.eq((Const(1, 64) << self.c_i.payload.shift) >> 1),
                              beats.eq(self.c_i.payload.channels >> (L.bit_length() - 1)), cfg_addr.eq(1)]
             with m.Else():
                 m.d.sync += cfg_addr.eq(cfg_addr + 1)
@@ -367,7 +369,6 @@ class LayerNormUnit(wiring.Component):
                 m.d.sync += t[j].eq(z[j] * a_mult[j] + a_off[j])
             # stage C1: round and shift; stage C: clamp into the sub-step's lanes; the beat is out
             # after its last sub-step
-            half = (Const(1, 64) << shift) >> 1
             m.d.sync += [c1_valid.eq(b_valid), c1_last.eq(b_last), c1_sub.eq(b_sub)]
             for j in range(E):
                 m.d.sync += c1_v[j].eq((t[j] + half) >> shift)   # |t| < 2**48: fits 50 bits at any shift

@@ -62,5 +62,8 @@ def layernorm_resources(params: LayerNormParams, family: str) -> dict:
     L, E, k, nb = params.lanes, params.emit_width, params.stats_steps, params.beats_max
     bram = sum(bram_blocks(depth, width, family) for depth, width in ((2 * nb, 16 * L), (nb, 72 * L))
                if not _in_lutram(depth, width, family))
-    return {"lut": int(l0 + ll * L + le * E + ls * (k - 1)), "ff": int(f0 + fl * L + fe * E),
+    # + the registers added after the fit (counted, not refitted): the rounding half (63 bits)
+    # and the ingest stage (x: 16 a lane, its valid, last and bank)
+    added_ff = 63 + 16 * L + 3
+    return {"lut": int(l0 + ll * L + le * E + ls * (k - 1)), "ff": int(f0 + fl * L + fe * E) + added_ff,
             "dsp": dl * L + de * E + d0, "bram": bram}

@@ -385,7 +385,8 @@ class AccelTop(wiring.Component):
         word = dfifo.r_data
         for i in range(MAXW):
             m.d.comb += merged[i].eq(Mux(idx == i, word, buf[i]))
-        complete = idx == meta_r.n - 1
+        idx_next = Signal(7, init=1)         # idx + 1, kept beside it: the compare needs no adder
+        complete = idx_next == meta_r.n
         can_take = mfifo.r_rdy & dfifo.r_rdy & (~complete | (b_count != 2))
         beat_in = Signal()
         m.d.comb += [pop_word.eq(can_take), dfifo.r_en.eq(can_take), mfifo.r_en.eq(can_take & complete),
@@ -393,9 +394,9 @@ class AccelTop(wiring.Component):
         with m.If(can_take):
             m.d.sync += [buf[i].eq(merged[i]) for i in range(MAXW)]
             with m.If(complete):
-                m.d.sync += idx.eq(0)
+                m.d.sync += [idx.eq(0), idx_next.eq(1)]
             with m.Else():
-                m.d.sync += idx.eq(idx + 1)
+                m.d.sync += [idx.eq(idx_next), idx_next.eq(idx_next + 1)]
         for k in range(2):
             with m.If(beat_in & (b_wp == k)):
                 m.d.sync += [slot_words[k].eq(Cat(*merged)), slot_meta[k].eq(meta_r),
