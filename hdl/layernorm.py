@@ -3,7 +3,7 @@
 
 Per row of C channels (C a multiple of the lane count L, C <= max_channels <= 1024)::
 
-    ingest  (C/L beats)  : row -> row buffer (two banks); a cycle later S += sum(x), Q += sum(x*x)
+    ingest  (C/L beats)  : row -> row buffer (two banks); two cycles later S += sum(x), Q += sum(x*x)
     stats   (~78/k cycles): var = C*Q - S*S; std = isqrt(var << 12) (restoring);
                            f = floor(2**46 / max(std, 1)) (restoring division); k = stats_steps
                            steps of each per cycle
@@ -11,7 +11,7 @@ Per row of C channels (C a multiple of the lane count L, C <= max_channels <= 10
                            out = clamp8((z*mult[c] + offset[c] + 2**(shift-1)) >> shift)
 
 The next row is ingested into the other bank while the current one is in stats/emit, so a row
-costs max(C/L + 2, stats + C/E) cycles in steady state (cost model: ``layernorm_cycles``); E is
+costs max(C/L + 3, stats + C/E) cycles in steady state (cost model: ``layernorm_cycles``); E is
 ``emit_lanes``, the lanes normalized per cycle (L by default).
 
 Streams (amaranth.lib.stream, valid/ready everywhere):
@@ -176,13 +176,17 @@ class LayerNormUnit(wiring.Component):
                 m.d.sync += cfg_addr.eq(cfg_addr + 1)
 
         # ---------------------------------------------------------------- ingest
-        # A beat is registered as it is taken (and written to the row buffer); its sums and
-        # squares are added a cycle later, so the lane products do not start at the input stream
-        # (on the ECP5 the packer's beat through x*x into Q was a 12-level path).
+        # A beat is registered as it is taken (and written to the row buffer); its lane sum and
+        # squares are registered the next cycle and accumulated the cycle after, so neither the
+        # products start at the input stream nor the adder tree follows the products (on the
+        # ECP5 the packer's beat through x*x into Q was a 12-level path, x*x and the tree 11.75).
         x_v, x_last, x_bank = Signal(), Signal(), Signal()
         x_r = Signal.like(self.x_i.payload.data)
-        lane_sum = sum(x_r[i] for i in range(L))
-        lane_sq = sum(x_r[i] * x_r[i] for i in range(L))
+        q_v, q_last, q_bank = Signal(), Signal(), Signal()
+        sum_r = Signal(signed(16 + L.bit_length()))                     # |sum of L lanes| <= L * 2**15
+        sq_r = [Signal(unsigned(31), name=f"sq{i}") for i in range(L)]  # x*x <= 2**30
+        lane_sum = sum_r
+        lane_sq = sum(sq_r)
         bank_free = ~full.bit_select(in_bank, 1)
         stats_take = Signal()   # the stats engine takes the finished row this cycle
         row_done = Signal()     # an ingested row waits for the stats engine
@@ -190,22 +194,24 @@ class LayerNormUnit(wiring.Component):
         done_q = Signal(unsigned(42))
         done_bank = Signal()
         take_x = Signal()
-        m.d.comb += [self.x_i.ready.eq(bank_free & ~row_done & ~(x_v & x_last) & ~self.c_i.valid),
+        m.d.comb += [self.x_i.ready.eq(bank_free & ~row_done & ~(x_v & x_last) & ~(q_v & q_last) & ~self.c_i.valid),
                      take_x.eq(self.x_i.valid & self.x_i.ready),
                      rw.addr.eq(Mux(in_bank, NB, 0) + in_beat),
                      rw.data.eq(self.x_i.payload.data),
                      rw.en.eq(take_x)]
         m.d.sync += [x_v.eq(take_x), x_r.eq(self.x_i.payload.data), x_last.eq(self.x_i.payload.last),
                      x_bank.eq(in_bank)]
+        m.d.sync += [q_v.eq(x_v), q_last.eq(x_last), q_bank.eq(x_bank), sum_r.eq(sum(x_r[i] for i in range(L)))]
+        m.d.sync += [sq_r[i].eq(x_r[i] * x_r[i]) for i in range(L)]
         with m.If(take_x):
             with m.If(self.x_i.payload.last):
                 m.d.sync += [in_beat.eq(0), full.bit_select(in_bank, 1).eq(1), in_bank.eq(~in_bank)]
             with m.Else():
                 m.d.sync += in_beat.eq(in_beat + 1)
-        with m.If(x_v):
-            with m.If(x_last):
+        with m.If(q_v):
+            with m.If(q_last):
                 m.d.sync += [s_acc.eq(0), q_acc.eq(0), row_done.eq(1),
-                             done_s.eq(s_acc + lane_sum), done_q.eq(q_acc + lane_sq), done_bank.eq(x_bank)]
+                             done_s.eq(s_acc + lane_sum), done_q.eq(q_acc + lane_sq), done_bank.eq(q_bank)]
             with m.Else():
                 m.d.sync += [s_acc.eq(s_acc + lane_sum), q_acc.eq(q_acc + lane_sq)]
         with m.If(stats_take):
@@ -263,8 +269,10 @@ class LayerNormUnit(wiring.Component):
                 with m.Else():
                     m.d.sync += left.eq(left - K)
             with m.State("DIV"):
-                # restoring division of 2**46 by max(root, 1), K quotient bits per cycle
-                divisor = Mux(root == 0, 1, root)
+                # restoring division of 2**46 by max(root, 1), K quotient bits per cycle. root is 0
+                # only for var = 0 (else root >= 64), a row of equal values where every yc = C*x - S
+                # is 0 and z is 0 whatever f is: dividing by root itself gives the same outputs
+                divisor = root
                 d_, q_, n_ = drem, quo, nsh
                 for j in range(K):
                     t = Cat(n_[LN_RECIP_BITS], d_[:STD_BITS])

@@ -23,7 +23,7 @@ def layernorm_cycles(rows: int, channels: int, params: LayerNormParams, config: 
     for r in range(rows):
         start = max(ingest_end_prev, take_prev + 1, emit_end[r % 2])
         ingest_end = start + beats
-        take = max(ingest_end + 1, stats_free)     # the last beat's sums are added a cycle after it
+        take = max(ingest_end + 2, stats_free)     # the last beat's sums are added two cycles after it
         done = take + stats_cycles(params.stats_steps)
         emit_start = max(done + 2, emit_end_prev)
         stats_free = emit_start
@@ -63,7 +63,8 @@ def layernorm_resources(params: LayerNormParams, family: str) -> dict:
     bram = sum(bram_blocks(depth, width, family) for depth, width in ((2 * nb, 16 * L), (nb, 72 * L))
                if not _in_lutram(depth, width, family))
     # + the registers added after the fit (counted, not refitted): the rounding half (63 bits)
-    # and the ingest stage (x: 16 a lane, its valid, last and bank)
-    added_ff = 63 + 16 * L + 3
+    # and the two ingest stages (x: 16 a lane; the squares: 31 a lane and the lane sum; each
+    # stage's valid, last and bank)
+    added_ff = 63 + 16 * L + 31 * L + 16 + L.bit_length() + 6
     return {"lut": int(l0 + ll * L + le * E + ls * (k - 1)), "ff": int(f0 + fl * L + fe * E) + added_ff,
             "dsp": dl * L + de * E + d0, "bram": bram}
