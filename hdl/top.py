@@ -662,32 +662,46 @@ class AccelTop(wiring.Component):
         m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
 
         # Skid buffers in front of the writer for the linear and attention outputs. A beat's address
-        # offsets (token * stride, tile or chunk * column step) are multiplied as it enters, so TAKE
+        # offsets (token * stride, tile or chunk * column step) are computed on the way in, so TAKE
         # only adds them to the base, and the unit's ``ready`` is a register (not the writer's
         # state): on the ECP5 the product and the sum in one cycle, and the ready chain from the
         # writer back through the linear kernel into the packer, were among the longest paths.
         # Two beats each, full throughput. The program arms the writer only after a WAIT, so no
         # beat waits here across a change of ``wins``.
         def offset_slice(src, tok, col, mode, name):
+            # the token offset is multiplied in two halves of the token's bits as the beat
+            # enters, and the halves and the column offset are summed in the cycle after the
+            # beat reaches the main register (``fresh``: not yet summed); a 5 x 24-bit product in
+            # LUTs and its sums in one cycle were an 11-level path on the ECP5
+            h = max(1, len(tok) // 2)
+
             def entry(tag):
                 return (Signal(name=f"{name}_{tag}valid"), Signal.like(src.payload, name=f"{name}_{tag}pay"),
-                        Signal(32, name=f"{name}_{tag}off_tok"), Signal(32, name=f"{name}_{tag}off_col"))
-            (valid, pay, off_tok, off_col), (s_valid, s_pay, s_off_tok, s_off_col) = entry(""), entry("skid_")
+                        Signal(32, name=f"{name}_{tag}off_lo"), Signal(32, name=f"{name}_{tag}off_hi"),
+                        Signal(32, name=f"{name}_{tag}off_col"))
+            (valid, pay, off_lo, off_hi, off_col), (s_valid, s_pay, s_off_lo, s_off_hi, s_off_col) = \
+                entry(""), entry("skid_")
             take = Signal(name=f"{name}_take")
+            fresh = Signal(name=f"{name}_fresh")
+            off = Signal(32, name=f"{name}_off")
             m.d.comb += src.ready.eq((wins.mode == mode) & ~s_valid)
             fire = src.valid & src.ready
-            incoming = [src.payload, tok * wins.stride_a, col * wins.cstep_a]
-            with m.If(~valid | take):                      # the main register is free this cycle
+            incoming = [src.payload, tok[:h] * wins.stride_a, tok[h:] * wins.stride_a, col * wins.cstep_a]
+            loaded = Signal(name=f"{name}_loaded")
+            with m.If(~valid | (take & ~fresh)):           # the main register is free this cycle
                 with m.If(s_valid):
-                    m.d.sync += [valid.eq(1), pay.eq(s_pay), off_tok.eq(s_off_tok), off_col.eq(s_off_col),
-                                 s_valid.eq(0)]
+                    m.d.comb += loaded.eq(1)
+                    m.d.sync += [valid.eq(1), pay.eq(s_pay), off_lo.eq(s_off_lo), off_hi.eq(s_off_hi),
+                                 off_col.eq(s_off_col), s_valid.eq(0)]
                 with m.Else():
-                    m.d.sync += [valid.eq(fire), pay.eq(incoming[0]), off_tok.eq(incoming[1]),
-                                 off_col.eq(incoming[2])]
+                    m.d.comb += loaded.eq(fire)
+                    m.d.sync += [valid.eq(fire), pay.eq(incoming[0]), off_lo.eq(incoming[1]),
+                                 off_hi.eq(incoming[2]), off_col.eq(incoming[3])]
             with m.Elif(fire):                             # held: the new beat waits in the skid
-                m.d.sync += [s_valid.eq(1), s_pay.eq(incoming[0]), s_off_tok.eq(incoming[1]),
-                             s_off_col.eq(incoming[2])]
-            return valid, pay, off_tok + off_col, take
+                m.d.sync += [s_valid.eq(1), s_pay.eq(incoming[0]), s_off_lo.eq(incoming[1]),
+                             s_off_hi.eq(incoming[2]), s_off_col.eq(incoming[3])]
+            m.d.sync += [fresh.eq(loaded), off.eq(off_lo + (off_hi << h) + off_col)]
+            return valid & ~fresh, pay, off, take
 
         ly_valid, ly, ly_off, ly_take = offset_slice(lin.y_o, lin.y_o.payload.tok, lin.y_o.payload.tile,
                                                      WMODE.LIN, "lin_out")
