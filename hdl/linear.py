@@ -502,6 +502,9 @@ class LinearKernel(wiring.Component):
         r2_valid = Signal()
         r2_meta = Signal(len(meta_in))
         r2_y = [Signal(signed(16), name=f"r2_y{c}") for c in range(TO)]
+        r4_valid = Signal()
+        r4_meta = Signal(len(meta_in))
+        r4_y = [Signal(signed(16), name=f"r4_y{c}") for c in range(TO)]
         m.submodules.gelu = gmem = Memory(shape=unsigned(8), depth=256, init=[])
         gwp = gmem.write_port()
         m.d.comb += [self.g_i.ready.eq(1), gwp.addr.eq(self.g_i.payload.addr),
@@ -537,13 +540,20 @@ class LinearKernel(wiring.Component):
                 m.d.comb += y.eq(lo)
             with m.Else():
                 m.d.comb += y.eq(r)
+            with m.If(rq_en):
+                m.d.sync += r4_y[c].eq(y)
+        with m.If(rq_en):
+            m.d.sync += [r4_valid.eq(r3_valid), r4_meta.eq(r3_meta)]
+        # stage r2: the GELU table is read from the registered y (clamp and the block RAM's
+        # address in one cycle were a 10-11-level path on the ECP5)
+        for c in range(TO):
             rp = gmem.read_port(domain="sync")
-            m.d.comb += [rp.addr.eq(y[:8] ^ 0x80), rp.en.eq(rq_en)]
+            m.d.comb += [rp.addr.eq(r4_y[c][:8] ^ 0x80), rp.en.eq(rq_en)]
             g_rd.append(rp)
             with m.If(rq_en):
-                m.d.sync += r2_y[c].eq(y)
+                m.d.sync += r2_y[c].eq(r4_y[c])
         with m.If(rq_en):
-            m.d.sync += [r2_valid.eq(r3_valid), r2_meta.eq(r3_meta)]
+            m.d.sync += [r2_valid.eq(r4_valid), r2_meta.eq(r4_meta)]
 
         r2_out16, r2_gelu, r2_scatter, r2_flush = r2_meta[0], r2_meta[1], r2_meta[2], r2_meta[3]
         o = 4
@@ -582,7 +592,7 @@ class LinearKernel(wiring.Component):
 
             # flush control
             f_adv = ~f1_valid | rq_en
-            pipe_idle = ~(b_valid | p_valid | c_valid | h_valid | r0_valid | r1_valid | r3_valid | r2_valid | s1_valid)
+            pipe_idle = ~(b_valid | p_valid | c_valid | h_valid | r0_valid | r1_valid | r3_valid | r4_valid | r2_valid | s1_valid)
             f_issue = f_run & f_adv & ~f_issued_all
             with m.If(f_run):
                 m.d.comb += [arp.addr.eq(Cat(f_tok[:TKB], f_tile[:TB])), arp.en.eq(f_adv)]

@@ -47,8 +47,8 @@ def _check_shape(name, v, lo=0):
 
 
 # requantizer stages after the hold register / flush reader: r0 (inputs), r1 (product), r3
-# (shift), r2 (round, clamp, GELU read)
-RQ_STAGES = 4
+# (shift), r4 (round, clamp), r2 (GELU read)
+RQ_STAGES = 5
 # MAC stages from an accepted activation beat to the accumulators: B (weight read), P (products),
 # C (sums of T_in products)
 MAC_STAGES = 3
@@ -193,6 +193,7 @@ def register_bits(p: LinearParams) -> int:
     bits += 1 + meta + TO * (RW + 31 + 6)                  # requant stage 0 (inputs)
     bits += 1 + TO * (PW + 9) + meta                       # requant stage 1
     bits += 1 + meta + TO * (PW + 4)                       # requant stage 3 (shifted, flags)
+    bits += 1 + meta + TO * 16                             # requant stage 4 (clamped y)
     bits += 1 + meta + TO * 16                             # requant stage 2
     bits += TO * 8                                         # GELU read registers
     if p.expert:
