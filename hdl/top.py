@@ -321,12 +321,17 @@ class AccelTop(wiring.Component):
         credit = Signal(range(P.fifo_words + 1), init=P.fifo_words)
         piece_r = Signal(piece_l)
         m.d.comb += piece_r.eq(pfifo.r_data)
-        to_4k = Signal(10)
-        m.d.comb += to_4k.eq((4096 - cur_addr[:12]) >> 3)
-        blen16 = Signal(6)
-        m.d.comb += blen16.eq(Mux(rem < MAX_BURST, rem, MAX_BURST))
+        # the next burst's length (up to MAX_BURST words, not across a 4 KiB boundary), whether it
+        # is the piece's last and whether a piece is in progress: registers, computed from the
+        # values ``rem`` and ``cur_addr`` take (the issue decision is then a compare and an AND)
+
+        def burst_of(rem_v, addr_v):
+            to_4k = (4096 - addr_v[:12]) >> 3
+            b16 = Mux(rem_v < MAX_BURST, rem_v, MAX_BURST)
+            return Mux(to_4k < b16, to_4k, b16)[:6]
         blen = Signal(6)
-        m.d.comb += blen.eq(Mux(to_4k < blen16, to_4k, blen16))
+        last_burst = Signal()
+        busy = Signal()
         # AR register slice: a burst is staged (address summed with the base, length, credit
         # reserved) a cycle before it is offered, so the slave's ``arready`` reaches only the
         # stage's valid bit, and the sum and the piece bookkeeping stay out of the AXI handshake
@@ -337,7 +342,7 @@ class AccelTop(wiring.Component):
             M("arvalid").eq(ar_v), M("araddr").eq(ar_addr), M("arlen").eq(ar_len - 1),
             M("arsize").eq(3), M("arburst").eq(1),
             ar_fire.eq(ar_v & M("arready")),
-            stage.eq((rem != 0) & (credit >= blen) & (~ar_v | M("arready"))),
+            stage.eq(busy & (credit >= blen) & (~ar_v | M("arready"))),
         ]
         with m.If(stage):
             m.d.sync += [ar_v.eq(1), ar_addr.eq(mem_base + cur_addr), ar_len.eq(blen)]
@@ -345,12 +350,18 @@ class AccelTop(wiring.Component):
             m.d.sync += ar_v.eq(0)
         # the next piece loads in the cycle the current one's last burst is staged
         take_piece = Signal()
-        m.d.comb += [take_piece.eq(pfifo.r_rdy & ((rem == 0) | (stage & (rem == blen)))),
+        m.d.comb += [take_piece.eq(pfifo.r_rdy & (~busy | (stage & last_burst))),
                      pfifo.r_en.eq(take_piece)]
+
+        def load(rem_v, addr_v):
+            nb = Signal(6)
+            m.d.comb += nb.eq(burst_of(rem_v, addr_v))
+            m.d.sync += [cur_addr.eq(addr_v), rem.eq(rem_v), blen.eq(nb), last_burst.eq(rem_v == nb),
+                         busy.eq(rem_v != 0)]
         with m.If(take_piece):
-            m.d.sync += [cur_addr.eq(piece_r.addr), rem.eq(piece_r.n)]
+            load(piece_r.n, piece_r.addr)
         with m.Elif(stage):
-            m.d.sync += [cur_addr.eq(cur_addr + (blen << 3)), rem.eq(rem - blen)]
+            load(rem - blen, cur_addr + (blen << 3))
         pop_word = Signal()
         m.d.sync += credit.eq(credit - Mux(stage, blen, 0) + pop_word)
         axi_err = Signal()
