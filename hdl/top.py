@@ -497,6 +497,11 @@ class AccelTop(wiring.Component):
         phase_b = Signal()
         ra, ca, pa, rb, cb = Signal(32), Signal(32), Signal(32), Signal(32), Signal(32)
         n_rows = Signal(16)
+        # the instruction's counts minus one, registered when it starts (17 bits: a count of 0
+        # gives a value no 16-bit counter reaches, as the subtraction in place did), so the
+        # end-of-loop compares are plain equalities
+        chunks_m1, frame_m1, na_m1, rows_m1, groups_m1 = (Signal(17, name=n) for n in
+                                                           ("chunks_m1", "frame_m1", "na_m1", "rows_m1", "groups_m1"))
         # LIN counters
         t_cnt, k_cnt, g_cnt, l_cnt = Signal(16), Signal(16), Signal(16), Signal(range(NL + 1))
         pc_addr, wd_addr, koff = Signal(32), Signal(32), Signal(32)
@@ -521,7 +526,9 @@ class AccelTop(wiring.Component):
                                  phase_b.eq(0), ra.eq(ins.base_a), ca.eq(ins.base_a), pa.eq(ins.base_a),
                                  rb.eq(ins.base_b), cb.eq(ins.base_b),
                                  t_cnt.eq(0), pc_addr.eq(ins.base_c), wd_addr.eq(ins.base_d),
-                                 n_groups.eq((nr + NL - 1) // NL)]
+                                 n_groups.eq((nr + NL - 1) // NL),
+                                 chunks_m1.eq(ins.n_chunks - 1), frame_m1.eq(ins.frame - 1), na_m1.eq(ins.na - 1),
+                                 rows_m1.eq(nr - 1), groups_m1.eq((nr + NL - 1) // NL - 1)]
                     with m.Switch(ins.mode):
                         with m.Case(MODE.RAW):
                             m.next = "RAW"
@@ -536,13 +543,13 @@ class AccelTop(wiring.Component):
                 with m.Elif(can_push):
                     m.d.comb += [push.eq(1), push_meta.eq(1), piece_w.addr.eq(pa), piece_w.n.eq(ins.wpb),
                                  meta_w.port.eq(ins.port), meta_w.n.eq(ins.wpb),
-                                 meta_w.first.eq(f_cnt == 0), meta_w.last.eq(f_cnt == ins.frame - 1)]
+                                 meta_w.first.eq(f_cnt == 0), meta_w.last.eq(f_cnt == frame_m1)]
                     m.d.sync += [j_cnt.eq(j_cnt + 1), pa.eq(pa + (ins.wpb << 3)),
-                                 f_cnt.eq(Mux(f_cnt == ins.frame - 1, 0, f_cnt + 1))]
+                                 f_cnt.eq(Mux(f_cnt == frame_m1, 0, f_cnt + 1))]
             with m.State("ROWS"):
                 m.d.comb += seq_busy.eq(1)
-                last_row = r_cnt == n_rows - 1
-                last_chunk = c_cnt == ins.n_chunks - 1
+                last_row = r_cnt == rows_m1
+                last_chunk = c_cnt == chunks_m1
                 with m.If((n_rows == 0) | (ins.n_chunks == 0)):
                     m.next = "IDLE"
                 with m.Elif(can_push):
@@ -556,8 +563,8 @@ class AccelTop(wiring.Component):
                                          meta_w.last.eq(Mux(ins.whole, last_row & last_chunk, last_chunk))]
                     with m.Else():
                         m.d.comb += [piece_w.addr.eq(cb), piece_w.n.eq(ins.wb)]
-                    chunk_done = Mux(phase_b, 1, (s_cnt == ins.na - 1) & (ins.wb == 0))
-                    with m.If(~phase_b & (s_cnt != ins.na - 1)):
+                    chunk_done = Mux(phase_b, 1, (s_cnt == na_m1) & (ins.wb == 0))
+                    with m.If(~phase_b & (s_cnt != na_m1)):
                         m.d.sync += [s_cnt.eq(s_cnt + 1), pa.eq(pa + ins.sstep_a)]
                     with m.Elif(~phase_b & (ins.wb != 0)):
                         m.d.sync += phase_b.eq(1)
@@ -586,9 +593,9 @@ class AccelTop(wiring.Component):
                 with m.If(can_push):
                     m.d.comb += [push.eq(1), push_meta.eq(1), piece_w.addr.eq(wd_addr), piece_w.n.eq(ins.wb),
                                  meta_w.port.eq(PORT.LIN_W), meta_w.n.eq(ins.wb),
-                                 meta_w.first.eq(k_cnt == 0), meta_w.last.eq(k_cnt == ins.n_chunks - 1)]
+                                 meta_w.first.eq(k_cnt == 0), meta_w.last.eq(k_cnt == chunks_m1)]
                     m.d.sync += [wd_addr.eq(wd_addr + (ins.wb << 3)), k_cnt.eq(k_cnt + 1)]
-                    with m.If(k_cnt == ins.n_chunks - 1):
+                    with m.If(k_cnt == chunks_m1):
                         m.d.sync += [g_cnt.eq(0), ld_i.eq(0)]
                         m.next = "LIN_LOAD"
             with m.State("LIN_LOAD"):
@@ -632,14 +639,14 @@ class AccelTop(wiring.Component):
                     with m.If(l_cnt == 0):
                         m.d.comb += [push_meta.eq(1), meta_w.port.eq(PORT.LIN_X), meta_w.n.eq(ins.wa * NL),
                                      meta_w.lanes.eq(lane_valid), meta_w.tok.eq(lane_tok), meta_w.gate.eq(lane_gate),
-                                     meta_w.first.eq(k_cnt == 0), meta_w.last.eq(k_cnt == ins.n_chunks - 1),
-                                     meta_w.tile_last.eq(g_cnt == n_groups - 1)]
+                                     meta_w.first.eq(k_cnt == 0), meta_w.last.eq(k_cnt == chunks_m1),
+                                     meta_w.tile_last.eq(g_cnt == groups_m1)]
                     with m.If(l_cnt != NL - 1):
                         m.d.sync += l_cnt.eq(l_cnt + 1)
                     with m.Else():
                         m.d.sync += [l_cnt.eq(0), k_cnt.eq(k_cnt + 1), koff.eq(koff + (ins.wa << 3))]
-                        with m.If(k_cnt == ins.n_chunks - 1):
-                            with m.If(g_cnt == n_groups - 1):
+                        with m.If(k_cnt == chunks_m1):
+                            with m.If(g_cnt == groups_m1):
                                 m.d.sync += t_cnt.eq(t_cnt + 1)
                                 m.next = "LIN_P"
                             with m.Else():
