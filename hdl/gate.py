@@ -175,13 +175,16 @@ class GateUnit(wiring.Component):
         es_m1 = Signal(EXP_SHIFT_BITS)      # exp_shift - 1 and exp_shift == 0, set with it
         es_zero = Signal()
         renorm = Signal()
+        lane_on = Signal(E)                 # i < n_experts, per logit, set with the configuration
+        scan_end = Signal(E.bit_length() + 1)   # n_experts + 1, likewise
         idle = Signal()
         m.d.comb += self.c_i.ready.eq(idle)
         with m.If(self.c_i.valid & self.c_i.ready):
             c = self.c_i.payload
             m.d.sync += [n_exp.eq(c.n_experts), top_k.eq(c.top_k), exp_mult.eq(c.exp_mult),
                          renorm.eq(c.renormalize),
-                         es_m1.eq(c.exp_shift - 1), es_zero.eq(c.exp_shift == 0)]
+                         es_m1.eq(c.exp_shift - 1), es_zero.eq(c.exp_shift == 0),
+                         lane_on.eq(Cat(*[i < c.n_experts for i in range(E)])), scan_end.eq(c.n_experts + 1)]
 
         # ---------------------------------------------------------------- front end
         lg = Signal(data.ArrayLayout(signed(16), E))
@@ -196,7 +199,7 @@ class GateUnit(wiring.Component):
         m.d.comb += [self.l_i.ready.eq(l_ready & ~self.c_i.valid), go.eq(f_done & b_free)]
 
         # max over the first n_experts logits of the incoming beat (a comparator tree)
-        vals = [Mux(i < n_exp, self.l_i.payload.data[i], -(1 << 15)) for i in range(E)]
+        vals = [Mux(lane_on[i], self.l_i.payload.data[i], -(1 << 15)) for i in range(E)]
         while len(vals) > 1:
             nxt = [Mux(a > b, a, b) for a, b in zip(vals[0::2], vals[1::2])]
             vals = nxt + vals[len(nxt) * 2:]
@@ -220,7 +223,7 @@ class GateUnit(wiring.Component):
                     m.next = "SCAN"
             with m.State("SCAN"):
                 m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt == n_exp + 1):
+                with m.If(cnt == scan_end):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += [f_done.eq(1), l_ready.eq(b_free)]
