@@ -296,7 +296,8 @@ class LayerNormUnit(wiring.Component):
                     m.next = "IDLE"
 
         # ---------------------------------------------------------------- emit pipeline
-        # stage R: issue reads (row buffer + constants); stage A0: yc = C*x - S; stage A: yc*f;
+        # stage R: issue reads (row buffer + constants); stage M: the sub-step's lanes selected;
+        # stage A0: yc = C*x - S; stage A: yc*f;
         # stage B: z*mult+offset; stage C1: round, shift; stage C: clamp -> output register. A
         # global stall holds every stage.
         # With E = emit_lanes < L, each beat passes the pipeline in G = L/E sub-steps of E lanes
@@ -348,6 +349,13 @@ class LayerNormUnit(wiring.Component):
         m.d.comb += [rr.addr.eq(Mux(e_bank, NB, 0) + e_beat), rr.en.eq(~stall),
                      cr.addr.eq(e_beat), cr.en.eq(~stall)]
         r_valid, r_last = Signal(), Signal()
+        m_valid, m_last = Signal(), Signal()
+        m_sub = Signal(range(G))
+        m_s = Signal.like(e_s)
+        m_f = Signal.like(e_f)
+        m_x = [Signal(signed(16), name=f"m_x{j}") for j in range(E)]
+        m_mult = [Signal(signed(MULT_BITS), name=f"m_mult{j}") for j in range(E)]
+        m_off = [Signal(signed(OFFSET_BITS), name=f"m_off{j}") for j in range(E)]
         beat_end = e_sub == G - 1
         with m.If(~stall):
             m.d.sync += [r_valid.eq(e_issue), r_last.eq(e_issue & (e_beat == beats - 1) & beat_end),
@@ -362,10 +370,14 @@ class LayerNormUnit(wiring.Component):
             # stage A0: yc = C*x - S; stage A: z = (yc * f + 2**29) >> 30 (two products in one
             # cycle were the unit's ECP5 critical path, 30.7 ns; bench/unit_fmax.py)
             # (f travels with its row: the next row's emit may load e_f while this one is in A0)
-            m.d.sync += [a0_valid.eq(r_valid), a0_last.eq(r_last), a0_sub.eq(r_sub), a0_f.eq(e_f)]
+            # stage M: the sub-step's lanes selected from the read beat (with the row's S and f)
+            m.d.sync += [m_valid.eq(r_valid), m_last.eq(r_last), m_sub.eq(r_sub), m_s.eq(e_s), m_f.eq(e_f)]
             for j in range(E):
-                m.d.sync += [yc0[j].eq(channels * r_x[j] - e_s), a0_mult[j].eq(r_mult[j]),
-                             a0_off[j].eq(r_off[j])]
+                m.d.sync += [m_x[j].eq(r_x[j]), m_mult[j].eq(r_mult[j]), m_off[j].eq(r_off[j])]
+            m.d.sync += [a0_valid.eq(m_valid), a0_last.eq(m_last), a0_sub.eq(m_sub), a0_f.eq(m_f)]
+            for j in range(E):
+                m.d.sync += [yc0[j].eq(channels * m_x[j] - m_s), a0_mult[j].eq(m_mult[j]),
+                             a0_off[j].eq(m_off[j])]
             m.d.sync += [a_valid.eq(a0_valid), a_last.eq(a0_last), a_sub.eq(a0_sub)]
             for j in range(E):
                 prod = yc0[j] * a0_f
@@ -390,7 +402,7 @@ class LayerNormUnit(wiring.Component):
                                 m.d.sync += out_data[g * E + j].eq(Mux(v > 127, 127, Mux(v < -128, -128, v[:8])))
         m.d.comb += [self.y_o.valid.eq(out_valid), self.y_o.payload.data.eq(out_data),
                      self.y_o.payload.last.eq(out_last)]
-        m.d.comb += [pipe_busy.eq(emit_busy | emit_go | r_valid | a0_valid | a_valid | b_valid | c1_valid | out_valid
+        m.d.comb += [pipe_busy.eq(emit_busy | emit_go | r_valid | m_valid | a0_valid | a_valid | b_valid | c1_valid | out_valid
                                        | row_done),
                      idle.eq((full == 0) & (in_beat == 0) & ~pipe_busy)]
         # the row's bank frees when its last beat is issued (reads are done by then); a stalled

