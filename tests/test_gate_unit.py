@@ -211,9 +211,9 @@ def test_cycle_model_matches_simulation_without_stalls(E, K, n, k, ren, tokens):
 
 def test_cycle_model_figures():
     assert gate_cycles(0, 16, 2, True) == 0
-    # DIV_STEPS = 2: ceil(17 / 2) + 2 top_k + 1 = 14; renormalized + ceil(31 / 2) + 2 top_k = 34
-    assert back_cycles(2, False) == 14 and back_cycles(2, True) == 34
-    assert gate_period(16, 2, True) == 34 and gate_period(4, 2, True) == 34 and gate_period(4, 2, False) == 14
+    # DIV_STEPS = 2: ceil(17 / 2) + 3 top_k + 1 = 16; renormalized + ceil(31 / 2) + 3 top_k = 38
+    assert back_cycles(2, False) == 16 and back_cycles(2, True) == 38
+    assert gate_period(16, 2, True) == 38 and gate_period(4, 2, True) == 38 and gate_period(4, 2, False) == 16
     # steady state: one token per period
     assert gate_cycles(101, 16, 2, True) - gate_cycles(100, 16, 2, True) == gate_period(16, 2, True)
     assert gate_cycles(101, 4, 2, True) - gate_cycles(100, 4, 2, True) == gate_period(4, 2, True)
