@@ -4,9 +4,10 @@
 Per token of n = ``n_experts`` logits l (the gate linear's int16 outputs)::
 
     take        (1 cycle)  : logits -> register; max over the first n (comparator tree)
-    scan (n + 2 cycles)    : one expert per cycle through three stages
+    scan (n + 3 cycles)    : one expert per cycle through four stages
                              P: prod = (max - l[i]) * exp_mult
-                             U: u = rshift_round(prod, exp_shift); ROM address u & 255
+                             R: u = rshift_round(prod, exp_shift)
+                             U: ROM address u & 255; the integer part clamped
                              E: e = EXP2_TABLE[u & 255] >> min(u >> 8, 16); sum += e;
                                 insert (l[i], i, e) into the max_k best (strict >: ties stay
                                 with the lower index, scanned first)
@@ -95,8 +96,8 @@ class GateParams:
 
 
 def front_cycles(n_experts: int) -> int:
-    """Cycles from taking a token to the hand-off: take, n issues, two pipeline stages."""
-    return n_experts + 3
+    """Cycles from taking a token to the hand-off: take, n issues, three pipeline stages."""
+    return n_experts + 4
 
 
 def back_cycles(top_k: int, renormalize: bool) -> int:
@@ -176,7 +177,7 @@ class GateUnit(wiring.Component):
         es_zero = Signal()
         renorm = Signal()
         lane_on = Signal(E)                 # i < n_experts, per logit, set with the configuration
-        scan_end = Signal(E.bit_length() + 1)   # n_experts + 1, likewise
+        scan_end = Signal(E.bit_length() + 1)   # n_experts + 2 (the scan's last cycle), likewise
         idle = Signal()
         m.d.comb += self.c_i.ready.eq(idle)
         with m.If(self.c_i.valid & self.c_i.ready):
@@ -184,7 +185,7 @@ class GateUnit(wiring.Component):
             m.d.sync += [n_exp.eq(c.n_experts), top_k.eq(c.top_k), exp_mult.eq(c.exp_mult),
                          renorm.eq(c.renormalize),
                          es_m1.eq(c.exp_shift - 1), es_zero.eq(c.exp_shift == 0),
-                         lane_on.eq(Cat(*[i < c.n_experts for i in range(E)])), scan_end.eq(c.n_experts + 1)]
+                         lane_on.eq(Cat(*[i < c.n_experts for i in range(E)])), scan_end.eq(c.n_experts + 2)]
 
         # ---------------------------------------------------------------- front end
         lg = Signal(data.ArrayLayout(signed(16), E))
@@ -247,16 +248,22 @@ class GateUnit(wiring.Component):
         rom = Memory(shape=unsigned(16), depth=1 << EXP2_FRAC_BITS, init=[int(x) for x in EXP2_TABLE])
         m.submodules.exp_rom = rom
         rrp = rom.read_port(domain="sync")
+        # (u is registered first: its shift, increment, the table address and the clamp in one
+        # cycle were a 10-level path on the ECP5)
         u = Signal(16 + EXP_MULT_BITS)
-        m.d.comb += [u.eq(Mux(es_zero, p_prod, ((p_prod >> es_m1) + 1) >> 1)),
-                     rrp.addr.eq(u[:EXP2_FRAC_BITS])]
+        r_valid = Signal()
+        r_logit = Signal(signed(16))
+        r_idx = Signal(IB)
+        m.d.sync += [u.eq(Mux(es_zero, p_prod, ((p_prod >> es_m1) + 1) >> 1)),
+                     r_valid.eq(p_valid), r_logit.eq(p_logit), r_idx.eq(p_idx)]
+        m.d.comb += rrp.addr.eq(u[:EXP2_FRAC_BITS])
         ip = u[EXP2_FRAC_BITS:]
         u_valid = Signal()
         u_sh = Signal(range(EXP_SHIFT_SAT + 1))
         u_logit = Signal(signed(16))
         u_idx = Signal(IB)
-        m.d.sync += [u_valid.eq(p_valid), u_sh.eq(Mux(ip >= EXP_SHIFT_SAT, EXP_SHIFT_SAT, ip)),
-                     u_logit.eq(p_logit), u_idx.eq(p_idx)]
+        m.d.sync += [u_valid.eq(r_valid), u_sh.eq(Mux(ip >= EXP_SHIFT_SAT, EXP_SHIFT_SAT, ip)),
+                     u_logit.eq(r_logit), u_idx.eq(r_idx)]
 
         # stage E: e, the running sum, insertion into the sorted best-K list
         e = Signal(16)

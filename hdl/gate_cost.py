@@ -3,7 +3,7 @@
 Cycles follow the unit's handshakes token by token (no backpressure, inputs always valid):
 
     take(0)   = 0
-    handoff(t) = max(take(t) + n_experts + 3, done(t-1))   front end done, back end free
+    handoff(t) = max(take(t) + n_experts + 4, done(t-1))   front end done, back end free
     take(t+1) = handoff(t)                                 the front end takes the next token
     done(t)   = handoff(t) + back_cycles(top_k, renormalize)
     output beat of token t on cycle done(t) + 1
