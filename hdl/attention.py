@@ -317,7 +317,7 @@ class AttentionKernel(wiring.Component):
         e_at_p = [Signal(16, name=f"ep_{s}_{h}") for (s, h) in lanes]
 
         # V pipeline registers (stage 1 .. NVS), v data carried along
-        NVS = 6
+        NVS = 7
         vval = [Signal(name=f"vval{i}") for i in range(NVS + 1)]
         vchk = [Signal.like(chunk, name=f"vchk{i}") for i in range(NVS + 1)]
         vkey = [Signal.like(key, name=f"vkey{i}") for i in range(NVS + 1)]
@@ -344,8 +344,9 @@ class AttentionKernel(wiring.Component):
             sc = word[off:off + SB].as_signed()
             m.d.sync += d2[li].eq(rmax[li] - sc)
             m.d.sync += ep3[li].eq(d2[li] * exp_mult)
+            # u registered before its split and clamp (together 10 LUT levels on ECP5)
             u = Signal(EB, name=f"u_{s}_{h}")
-            m.d.comb += u.eq(Mux(es_zero, ep3[li], ((ep3[li] >> es_m1) + 1) >> 1))
+            m.d.sync += u.eq(Mux(es_zero, ep3[li], ((ep3[li] >> es_m1) + 1) >> 1))
             ip = u[EXP2_FRAC_BITS:]
             m.d.sync += [frac4[li].eq(u[:EXP2_FRAC_BITS]),
                          sh4[li].eq(Mux(ip >= EXP_SHIFT_SAT, EXP_SHIFT_SAT, ip))]

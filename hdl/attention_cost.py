@@ -28,7 +28,7 @@ __all__ = ["CostModelError", "attention_cycles", "attention_passes", "attention_
            "K_DRAIN", "V_DRAIN", "OUT_LATENCY", "FAMILIES"]
 
 K_DRAIN = 4        # product, dot product, chunk sum, score write/max, phase switch
-V_DRAIN = 8        # score read, D, D*exp_mult, round/shift, table, shift, product, accumulate, switch
+V_DRAIN = 9        # score read, D, D*exp_mult, round/shift, split/clamp, table, shift, product, accumulate, switch
 OUT_LATENCY = 3    # product with the reciprocal, shift register, rounding/clamp register
 CFG_CYCLES = 1
 FAMILIES = ("xcup", "ecp5")
@@ -132,9 +132,9 @@ def attention_registers(params: AttentionParams) -> int:
             + SB + UB + RB                    # row max, row sum, reciprocal
             + (15 + RB) + (UB + RB - 1)       # divider remainder and divisor
             + TA * 25 + 16                    # product registers, e beside them
-            + DB + EB + 8 + 5 + 16 + 16 + 5   # exp pipeline (table output and shift registered)
+            + DB + 2 * EB + 8 + 5 + 16 + 16 + 5   # exp pipeline (u, table output and shift registered)
             + (SB + 1) + SB)                  # dot product, chunk sum
-    pipes = (6 * (1 + CB + TB + 8 * H * TA)   # V delay line
+    pipes = (7 * (1 + CB + TB + 8 * H * TA)   # V delay line
              + 2 + CB + TB + 2 + CB + TB      # product / K-path tags
              + H * TA * (AB + RB + 1) + TB + CB + 2   # output product stage
              + H * TA * (AB + RB + 1) + TB + CB + 2   # output shift stage
