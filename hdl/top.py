@@ -502,6 +502,7 @@ class AccelTop(wiring.Component):
         # the instruction's counts minus one, registered when it starts (17 bits: a count of 0
         # gives a value no 16-bit counter reaches, as the subtraction in place did), so the
         # end-of-loop compares are plain equalities
+        row_beat_words = Signal(7)          # a ROWS beat's words, na * wa + wb (< 128: the piece limit)
         chunks_m1, frame_m1, na_m1, rows_m1, groups_m1 = (Signal(17, name=n) for n in
                                                            ("chunks_m1", "frame_m1", "na_m1", "rows_m1", "groups_m1"))
         # LIN counters
@@ -519,9 +520,12 @@ class AccelTop(wiring.Component):
 
         with m.FSM(name="seq"):
             with m.State("IDLE"):
+                # (in every state the piece and descriptor are driven whether or not they are
+                # pushed: only the push waits for room, so the FIFOs' data does not)
+                m.d.comb += [piece_w.addr.eq(pc), piece_w.n.eq(INSTR_WORDS),
+                             meta_w.port.eq(PORT.INSTR), meta_w.n.eq(INSTR_WORDS)]
                 with m.If(fetch_go):
-                    m.d.comb += [push.eq(1), push_meta.eq(1), piece_w.addr.eq(pc), piece_w.n.eq(INSTR_WORDS),
-                                 meta_w.port.eq(PORT.INSTR), meta_w.n.eq(INSTR_WORDS)]
+                    m.d.comb += [push.eq(1), push_meta.eq(1)]
                 with m.Elif(seq_go):
                     nr = Mux(ins.count_rows, counts_v[ins.expert[:EB]], ins.n_rows)
                     m.d.sync += [n_rows.eq(nr), r_cnt.eq(0), c_cnt.eq(0), s_cnt.eq(0), j_cnt.eq(0), f_cnt.eq(0),
@@ -530,7 +534,8 @@ class AccelTop(wiring.Component):
                                  t_cnt.eq(0), pc_addr.eq(ins.base_c), wd_addr.eq(ins.base_d),
                                  n_groups.eq((nr + NL - 1) // NL),
                                  chunks_m1.eq(ins.n_chunks - 1), frame_m1.eq(ins.frame - 1), na_m1.eq(ins.na - 1),
-                                 rows_m1.eq(nr - 1), groups_m1.eq((nr + NL - 1) // NL - 1)]
+                                 rows_m1.eq(nr - 1), groups_m1.eq((nr + NL - 1) // NL - 1),
+                                 row_beat_words.eq(ins.na * ins.wa + ins.wb)]
                     with m.Switch(ins.mode):
                         with m.Case(MODE.RAW):
                             m.next = "RAW"
@@ -540,31 +545,29 @@ class AccelTop(wiring.Component):
                             m.next = "LIN_P"
             with m.State("RAW"):
                 m.d.comb += seq_busy.eq(1)
+                m.d.comb += [piece_w.addr.eq(pa), piece_w.n.eq(ins.wpb),
+                             meta_w.port.eq(ins.port), meta_w.n.eq(ins.wpb),
+                             meta_w.first.eq(f_cnt == 0), meta_w.last.eq(f_cnt == frame_m1)]
                 with m.If(j_cnt == ins.n_beats):
                     m.next = "IDLE"
                 with m.Elif(can_push):
-                    m.d.comb += [push.eq(1), push_meta.eq(1), piece_w.addr.eq(pa), piece_w.n.eq(ins.wpb),
-                                 meta_w.port.eq(ins.port), meta_w.n.eq(ins.wpb),
-                                 meta_w.first.eq(f_cnt == 0), meta_w.last.eq(f_cnt == frame_m1)]
+                    m.d.comb += [push.eq(1), push_meta.eq(1)]
                     m.d.sync += [j_cnt.eq(j_cnt + 1), pa.eq(pa + (ins.wpb << 3)),
                                  f_cnt.eq(Mux(f_cnt == frame_m1, 0, f_cnt + 1))]
             with m.State("ROWS"):
                 m.d.comb += seq_busy.eq(1)
                 last_row = r_cnt == rows_m1
                 last_chunk = c_cnt == chunks_m1
+                m.d.comb += [piece_w.addr.eq(Mux(phase_b, cb, pa)), piece_w.n.eq(Mux(phase_b, ins.wb, ins.wa)),
+                             meta_w.port.eq(ins.port), meta_w.n.eq(row_beat_words),
+                             meta_w.first.eq(ins.whole & (r_cnt == 0) & (c_cnt == 0)),
+                             meta_w.last.eq(Mux(ins.whole, last_row & last_chunk, last_chunk))]
                 with m.If((n_rows == 0) | (ins.n_chunks == 0)):
                     m.next = "IDLE"
                 with m.Elif(can_push):
                     m.d.comb += push.eq(1)
-                    with m.If(~phase_b):
-                        m.d.comb += [piece_w.addr.eq(pa), piece_w.n.eq(ins.wa)]
-                        with m.If(s_cnt == 0):
-                            m.d.comb += [push_meta.eq(1), meta_w.port.eq(ins.port),
-                                         meta_w.n.eq(ins.na * ins.wa + ins.wb),
-                                         meta_w.first.eq(ins.whole & (r_cnt == 0) & (c_cnt == 0)),
-                                         meta_w.last.eq(Mux(ins.whole, last_row & last_chunk, last_chunk))]
-                    with m.Else():
-                        m.d.comb += [piece_w.addr.eq(cb), piece_w.n.eq(ins.wb)]
+                    with m.If(~phase_b & (s_cnt == 0)):
+                        m.d.comb += push_meta.eq(1)
                     chunk_done = Mux(phase_b, 1, (s_cnt == na_m1) & (ins.wb == 0))
                     with m.If(~phase_b & (s_cnt != na_m1)):
                         m.d.sync += [s_cnt.eq(s_cnt + 1), pa.eq(pa + ins.sstep_a)]
@@ -582,20 +585,20 @@ class AccelTop(wiring.Component):
                             with m.If(last_row):
                                 m.next = "IDLE"
             with m.State("LIN_P"):
-                m.d.comb += seq_busy.eq(1)
+                m.d.comb += [seq_busy.eq(1), piece_w.addr.eq(pc_addr), piece_w.n.eq(ins.wpb),
+                             meta_w.port.eq(PORT.LIN_P), meta_w.n.eq(ins.wpb)]
                 with m.If((t_cnt == ins.n_reps) | (n_rows == 0)):
                     m.next = "IDLE"
                 with m.Elif(can_push):
-                    m.d.comb += [push.eq(1), push_meta.eq(1), piece_w.addr.eq(pc_addr), piece_w.n.eq(ins.wpb),
-                                 meta_w.port.eq(PORT.LIN_P), meta_w.n.eq(ins.wpb)]
+                    m.d.comb += [push.eq(1), push_meta.eq(1)]
                     m.d.sync += [pc_addr.eq(pc_addr + (ins.wpb << 3)), k_cnt.eq(0)]
                     m.next = "LIN_W"
             with m.State("LIN_W"):
-                m.d.comb += seq_busy.eq(1)
+                m.d.comb += [seq_busy.eq(1), piece_w.addr.eq(wd_addr), piece_w.n.eq(ins.wb),
+                             meta_w.port.eq(PORT.LIN_W), meta_w.n.eq(ins.wb),
+                             meta_w.first.eq(k_cnt == 0), meta_w.last.eq(k_cnt == chunks_m1)]
                 with m.If(can_push):
-                    m.d.comb += [push.eq(1), push_meta.eq(1), piece_w.addr.eq(wd_addr), piece_w.n.eq(ins.wb),
-                                 meta_w.port.eq(PORT.LIN_W), meta_w.n.eq(ins.wb),
-                                 meta_w.first.eq(k_cnt == 0), meta_w.last.eq(k_cnt == chunks_m1)]
+                    m.d.comb += [push.eq(1), push_meta.eq(1)]
                     m.d.sync += [wd_addr.eq(wd_addr + (ins.wb << 3)), k_cnt.eq(k_cnt + 1)]
                     with m.If(k_cnt == chunks_m1):
                         m.d.sync += [g_cnt.eq(0), ld_i.eq(0)]
@@ -631,18 +634,19 @@ class AccelTop(wiring.Component):
                 with m.Else():
                     m.d.sync += ld_i.eq(ld_i + 1)
             with m.State("LIN_X"):
-                m.d.comb += seq_busy.eq(1)
+                la = Signal(32)
+                for l in range(NL):
+                    with m.If(l_cnt == l):
+                        m.d.comb += la.eq(lane_addr[l])
+                m.d.comb += [seq_busy.eq(1), piece_w.addr.eq(la + koff), piece_w.n.eq(ins.wa),
+                             meta_w.port.eq(PORT.LIN_X), meta_w.n.eq(ins.wa * NL),
+                             meta_w.lanes.eq(lane_valid), meta_w.tok.eq(lane_tok), meta_w.gate.eq(lane_gate),
+                             meta_w.first.eq(k_cnt == 0), meta_w.last.eq(k_cnt == chunks_m1),
+                             meta_w.tile_last.eq(g_cnt == groups_m1)]
                 with m.If(can_push):
-                    la = Signal(32)
-                    for l in range(NL):
-                        with m.If(l_cnt == l):
-                            m.d.comb += la.eq(lane_addr[l])
-                    m.d.comb += [push.eq(1), piece_w.addr.eq(la + koff), piece_w.n.eq(ins.wa)]
+                    m.d.comb += push.eq(1)
                     with m.If(l_cnt == 0):
-                        m.d.comb += [push_meta.eq(1), meta_w.port.eq(PORT.LIN_X), meta_w.n.eq(ins.wa * NL),
-                                     meta_w.lanes.eq(lane_valid), meta_w.tok.eq(lane_tok), meta_w.gate.eq(lane_gate),
-                                     meta_w.first.eq(k_cnt == 0), meta_w.last.eq(k_cnt == chunks_m1),
-                                     meta_w.tile_last.eq(g_cnt == groups_m1)]
+                        m.d.comb += push_meta.eq(1)
                     with m.If(l_cnt != NL - 1):
                         m.d.sync += l_cnt.eq(l_cnt + 1)
                     with m.Else():
