@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from amaranth import Cat, ClockDomain, Const, Module, Mux, Signal, unsigned
 from amaranth.back import verilog
 from amaranth.lib import data, wiring
-from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -420,9 +420,7 @@ class AccelTop(wiring.Component):
         # signal reaches the packer in the cycle it changes, and the long wires from the packer
         # to the kernels start and end at registers. (On the ECP5 the 600-bit head multiplexer,
         # 7 ns of fan-out, then 11 ns of wire to the LayerNorm's products, was the longest path.)
-        # The FIFOs are LUT RAM read without a register (a beat is readable the cycle after it is
-        # written); a credit comes back 4 cycles after it is spent, so ports of beats of one or
-        # two words get 4 (a beat a cycle), longer beats 2.
+        # Ports of beats of one or two words get enough credit for a beat a cycle.
         bus_v = Signal()
         bus_port = Signal(NPORT)
         bus_words = Signal(64 * MAXW)
@@ -437,10 +435,10 @@ class AccelTop(wiring.Component):
 
         def feed(port_id, stream, fill):
             words = P.beat_words[port_id]
-            depth = 4 if words <= 2 else 2
+            depth = 6 if words <= 2 else 3
             pay = Signal.like(stream.payload, name=f"{PORT.NAMES[port_id]}_pay")
             fill(pay)
-            fifo = SyncFIFO(width=len(pay.as_value()), depth=depth)
+            fifo = SyncFIFOBuffered(width=len(pay.as_value()), depth=depth)
             m.submodules[f"{PORT.NAMES[port_id]}_in"] = fifo
             cr = Signal(range(depth + 1), init=depth, name=f"{PORT.NAMES[port_id]}_credit")
             m.d.comb += [fifo.w_data.eq(pay.as_value()), fifo.w_en.eq(bus_port[port_id]),
