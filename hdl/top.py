@@ -414,57 +414,31 @@ class AccelTop(wiring.Component):
                              slot_port[k].eq(Const(1, NPORT) << meta_r.port)]
         m.d.sync += [b_count.eq(b_count + beat_in - out_accept), b_wp.eq(b_wp ^ beat_in), b_rp.eq(b_rp ^ out_accept)]
 
-        # Distribution to the kernels: a beat leaves the FIFO only for a port with credit, into a
-        # bus register loaded every cycle (no enable), then into a small FIFO beside the kernel.
-        # The kernel's ``ready`` reads that FIFO and returns a credit a cycle later, so no kernel
-        # signal reaches the packer in the cycle it changes, and the long wires from the packer
-        # to the kernels start and end at registers. (On the ECP5 the 600-bit head multiplexer,
-        # 7 ns of fan-out, then 11 ns of wire to the LayerNorm's products, was the longest path.)
-        # Ports of beats of one or two words get enough credit for a beat a cycle.
-        bus_v = Signal()
-        bus_port = Signal(NPORT)
-        bus_words = Signal(64 * MAXW)
-        bus_meta = Signal(meta_l)
-        ret = Signal(NPORT)                 # credits coming back, one cycle after the kernel's read
-        port_credit = {}
-        has_credit = Signal(NPORT)
-        m.d.comb += [has_credit[PORT.INSTR].eq(1),      # the controller waits for its fetch
-                     out_accept.eq((out_port & has_credit).any())]
-        m.d.sync += [bus_v.eq(out_accept), bus_port.eq(out_port & out_accept.replicate(NPORT)),
-                     bus_words.eq(out_words), bus_meta.eq(out_meta)]
+        # kernel input ports
+        port_ready = {}
 
         def feed(port_id, stream, fill):
-            words = P.beat_words[port_id]
-            depth = 6 if words <= 2 else 3
-            pay = Signal.like(stream.payload, name=f"{PORT.NAMES[port_id]}_pay")
-            fill(pay)
-            fifo = SyncFIFOBuffered(width=len(pay.as_value()), depth=depth)
-            m.submodules[f"{PORT.NAMES[port_id]}_in"] = fifo
-            cr = Signal(range(depth + 1), init=depth, name=f"{PORT.NAMES[port_id]}_credit")
-            m.d.comb += [fifo.w_data.eq(pay.as_value()), fifo.w_en.eq(bus_port[port_id]),
-                         stream.valid.eq(fifo.r_rdy), stream.payload.eq(fifo.r_data),
-                         fifo.r_en.eq(stream.ready), has_credit[port_id].eq(cr != 0)]
-            m.d.sync += [ret[port_id].eq(fifo.r_rdy & stream.ready),
-                         cr.eq(cr - (out_accept & out_port[port_id]) + ret[port_id])]
-            port_credit[port_id] = cr
+            m.d.comb += stream.valid.eq(out_port[port_id])
+            port_ready[port_id] = stream.ready
+            fill(stream.payload)
 
         def raw(p):
-            m.d.comb += p.as_value().eq(bus_words[:len(p.as_value())])
+            m.d.comb += p.as_value().eq(out_words[:len(p.as_value())])
 
         def framed(nbits):
             def f(p):
-                m.d.comb += [p.data.as_value().eq(bus_words[:nbits]), p.first.eq(bus_meta.first),
-                             p.last.eq(bus_meta.last)]
+                m.d.comb += [p.data.as_value().eq(out_words[:nbits]), p.first.eq(out_meta.first),
+                             p.last.eq(out_meta.last)]
             return f
 
         def lin_x(p):
-            m.d.comb += [p.data.as_value().eq(bus_words[:NL * TI * 8]), p.lanes.eq(bus_meta.lanes),
-                         p.tok.as_value().eq(bus_meta.tok.as_value()), p.gate.as_value().eq(bus_meta.gate.as_value()),
-                         p.first.eq(bus_meta.first), p.last.eq(bus_meta.last), p.tile_last.eq(bus_meta.tile_last)]
+            m.d.comb += [p.data.as_value().eq(out_words[:NL * TI * 8]), p.lanes.eq(out_meta.lanes),
+                         p.tok.as_value().eq(out_meta.tok.as_value()), p.gate.as_value().eq(out_meta.gate.as_value()),
+                         p.first.eq(out_meta.first), p.last.eq(out_meta.last), p.tile_last.eq(out_meta.tile_last)]
 
         def rows(nbits):
             def f(p):
-                m.d.comb += [p.as_value()[:nbits].eq(bus_words[:nbits]), p.last.eq(bus_meta.last)]
+                m.d.comb += [p.as_value()[:nbits].eq(out_words[:nbits]), p.last.eq(out_meta.last)]
             return f
 
         HT = P.attention.heads * P.attention.t_a * 8
@@ -484,7 +458,11 @@ class AccelTop(wiring.Component):
         feed(PORT.GATE_C, gate.c_i, raw)
         feed(PORT.GATE_L, gate.l_i, rows(E * 16))
         ins_arrived = Signal()
-        m.d.comb += ins_arrived.eq(bus_port[PORT.INSTR])
+        ins_ready = Signal()
+        m.d.comb += ins_arrived.eq(out_port[PORT.INSTR] & ins_ready)
+        port_ready[PORT.INSTR] = ins_ready
+        # one port is selected at a time: an OR of (selected & ready), not a priority chain of 15
+        m.d.comb += out_accept.eq(Cat(*[out_port[p] & r for p, r in sorted(port_ready.items())]).any())
 
         # ------------------------------------------------------------------ sequencer
         ins = Signal(instr_layout)          # the instruction being executed
@@ -853,11 +831,12 @@ class AccelTop(wiring.Component):
                     m.d.comb += fetch_go.eq(1)
                     m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):
+                m.d.comb += ins_ready.eq(1)
                 with m.If(err != 0):
                     m.d.sync += status.eq(err)
                     m.next = "DONE"
                 with m.Elif(ins_arrived):
-                    m.d.sync += [ins.eq(bus_words[:instr_layout.size]), pc.eq(pc + INSTR_BYTES)]
+                    m.d.sync += [ins.eq(out_words[:instr_layout.size]), pc.eq(pc + INSTR_BYTES)]
                     m.next = "DECODE"
             with m.State("DECODE"):
                 with m.Switch(ins.op):
