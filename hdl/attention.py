@@ -359,15 +359,26 @@ class AttentionKernel(wiring.Component):
             sh5 = Signal.like(sh4[li], name=f"sh5_{s}_{h}")
             m.d.sync += [tbl.eq(rrp.data), sh5.eq(sh4[li]), e5[li].eq(tbl >> sh5)]
 
+        # K input stage: the beat, its key and chunk and each lane's query chunk registered as
+        # the beat is taken, so the products do not start at the input stream (on the ECP5 the
+        # packer's beat through the operand multiplexer into the multipliers was the longest path)
+        k0_v = Signal()
+        k0_chunk = Signal.like(chunk)
+        k0_key = Signal.like(key)
+        k0_data = Signal.like(kdata)
+        k0_q = [Signal(8 * TA, name=f"k0_q_{s}_{h}") for (s, h) in lanes]
+        m.d.sync += [k0_v.eq(k_ok), k0_chunk.eq(chunk), k0_key.eq(key), k0_data.eq(kdata)]
+        m.d.sync += [k0_q[li].eq(qch[li][0]) for li in range(len(lanes))]
+
         # multiplier inputs
         vmode = vval[NVS - 1]    # last-stage V beat present (e5 valid for it)
-        m.d.sync += [pv.eq(k_ok), pvv.eq(vmode),
-                     p_chunk.eq(Mux(vmode, vchk[NVS - 1], chunk)),
-                     p_key.eq(Mux(vmode, vkey[NVS - 1], key))]
+        m.d.sync += [pv.eq(k0_v), pvv.eq(vmode),
+                     p_chunk.eq(Mux(vmode, vchk[NVS - 1], k0_chunk)),
+                     p_key.eq(Mux(vmode, vkey[NVS - 1], k0_key))]
         vd5 = vdat[NVS - 1]
         for li, (s, h) in enumerate(lanes):
-            qe = elems(qch[li][0], 0, TA)
-            ke = elems(kdata, h * TA, TA)
+            qe = elems(k0_q[li], 0, TA)
+            ke = elems(k0_data, h * TA, TA)
             ve = elems(vd5, h * TA, TA)
             ea = Cat(e5[li], Const(0, 1)).as_signed()      # e in [0, 2**15]: 17-bit signed
             for t in range(TA):
@@ -396,7 +407,7 @@ class AttentionKernel(wiring.Component):
             m.d.comb += [wps[r].addr.eq(c_key), wps[r].en.eq(c_val),
                          wps[r].data.eq(Cat(*[sacc[(r * PQ + l) * H + h] for l in range(PQ) for h in range(H)]))]
         k_busy = Signal()
-        m.d.comb += k_busy.eq(pv | b_val | c_val)
+        m.d.comb += k_busy.eq(k0_v | pv | b_val | c_val)
 
         # ================= V path: sum and accumulator chain (stage 6) ======================
         v_busy = Signal()

@@ -27,7 +27,7 @@ from .attention import DIV_STEPS, AttentionParams
 __all__ = ["CostModelError", "attention_cycles", "attention_passes", "attention_resources",
            "K_DRAIN", "V_DRAIN", "OUT_LATENCY", "FAMILIES"]
 
-K_DRAIN = 4        # product, dot product, chunk sum, score write/max, phase switch
+K_DRAIN = 5        # input register, product, dot product, chunk sum, score write/max, phase switch
 V_DRAIN = 9        # score read, D, D*exp_mult, round/shift, split/clamp, table, shift, product, accumulate, switch
 OUT_LATENCY = 3    # product with the reciprocal, shift register, rounding/clamp register
 CFG_CYCLES = 1
@@ -131,11 +131,12 @@ def attention_registers(params: AttentionParams) -> int:
     lane = (C * TA * 8 + C * TA * AB          # query and accumulator chains
             + SB + UB + RB                    # row max, row sum, reciprocal
             + (15 + RB) + (UB + RB - 1)       # divider remainder and divisor
-            + TA * 25 + 16                    # product registers, e beside them
+            + TA * 25 + 16 + 8 * TA           # product registers, e beside them, K-stage query chunk
             + DB + 2 * EB + 8 + 5 + 16 + 16 + 5   # exp pipeline (u, table output and shift registered)
             + (SB + 1) + SB)                  # dot product, chunk sum
     pipes = (7 * (1 + CB + TB + 8 * H * TA)   # V delay line
              + 2 + CB + TB + 2 + CB + TB      # product / K-path tags
+             + 1 + CB + TB + 8 * H * TA       # K input stage (valid, chunk, key, beat)
              + H * TA * (AB + RB + 1) + TB + CB + 2   # output product stage
              + H * TA * (AB + RB + 1) + TB + CB + 2   # output shift stage
              + H * TA * 8 + TB + CB + 2)      # output register
