@@ -478,9 +478,9 @@ class AccelTop(wiring.Component):
         # the instruction's counts minus one, registered when it starts (17 bits: a count of 0
         # gives a value no 16-bit counter reaches, as the subtraction in place did), so the
         # end-of-loop compares are plain equalities
-        row_beat_words = Signal(7)          # a ROWS beat's words, na * wa + wb (< 128: the piece limit)
         chunks_m1, frame_m1, na_m1, rows_m1, groups_m1 = (Signal(17, name=n) for n in
                                                            ("chunks_m1", "frame_m1", "na_m1", "rows_m1", "groups_m1"))
+        row_beat_words = Signal(7)          # a ROWS beat's words, na * wa + wb, also set at the start
         # LIN counters
         t_cnt, k_cnt, g_cnt, l_cnt = Signal(16), Signal(16), Signal(16), Signal(range(NL + 1))
         pc_addr, wd_addr, koff = Signal(32), Signal(32), Signal(32)
