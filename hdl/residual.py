@@ -101,13 +101,13 @@ class ResidualUnit(wiring.Component):
         with m.If(self.c_i.valid & self.c_i.ready):
             m.d.sync += [mult_x.eq(self.c_i.payload.mult_x), mult_b.eq(self.c_i.payload.mult_b),
                          shift.eq(self.c_i.payload.shift), half.eq((Const(1, 64) << self.c_i.payload.shift) >> 1)]
-        i_valid, i_last = Signal(), Signal()
+        i_valid = Signal()
         i_pay = Signal.like(self.i_i.payload)
         m.d.comb += self.c_i.ready.eq(~i_valid & ~p_valid & ~q_valid & ~o_valid)
         with m.If(~stall):
             take = self.i_i.valid & self.i_i.ready
-            m.d.sync += [i_valid.eq(take), i_last.eq(self.i_i.payload.last), i_pay.eq(self.i_i.payload)]
-            m.d.sync += [p_valid.eq(i_valid), p_last.eq(i_last)]
+            m.d.sync += [i_valid.eq(take), i_pay.eq(self.i_i.payload)]
+            m.d.sync += [p_valid.eq(i_valid), p_last.eq(i_pay.last)]
             for i in range(L):
                 m.d.sync += s[i].eq(i_pay.x[i] * mult_x + i_pay.b[i] * mult_b)
             m.d.sync += [q_valid.eq(p_valid), q_last.eq(p_last), o_valid.eq(q_valid), o_last.eq(q_last)]
