@@ -351,13 +351,16 @@ def _probe_multipliers(muls, name: str, build_dir: Path, env: dict, say, heartbe
 def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Callable[[str], None] | None = None,
               env: dict[str, str] | None = None, name: str = "top", check_fit_after_synthesis: bool = True,
               dsp: bool = True, heartbeat_s: float = 20.0, dsp_budget: int | None = None,
-              timing_driven: bool = False) -> BuildResult:
+              timing_driven: bool = False, seed: int | None = None) -> BuildResult:
     """Steps elaborate .. report (without the model's predictions) for an elaboratable ``top``
     on ``board``; the plan, logs and bitstream go to ``build_dir``. ``dsp=False``: multipliers in
     LUTs (Yosys ``-nodsp`` on ECP5; iCE40 then synthesizes without ``-dsp``). With DSPs, products
     beyond ``dsp_budget`` DSP blocks (default: the part's count) are built from LUTs, cheapest
     first (accel.multipliers). ``timing_driven``: nextpnr's timing-driven placement and routing
-    (the large designs may not finish routing with it, see NO_TIMING_DRIVEN)."""
+    (the large designs may not finish routing with it, see NO_TIMING_DRIVEN). ``seed``: nextpnr's
+    random seed (its placement, and so its wirelength and routing time, changes with it)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 31):
+        raise AccelError(f"seed={seed!r}: pass nextpnr's seed as an integer in [0, 2**31) (or None for its default)")
     board = board if isinstance(board, Board) else load_board(board)
     say = _say(progress)
     family = _OPEN_FLOWS.get(board.flow)
@@ -379,7 +382,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     # --timing-allow-fail: a missed clock is a result (the report says by how much), not a failed build
     opts = {"nextpnr_opts": " ".join(["--report nextpnr_report.json --timing-allow-fail",
                                       NEXTPNR_TIMING_DRIVEN_OPTS.get(family, "") if timing_driven else
-                                      f"{NEXTPNR_OPTS.get(family, '')} {NO_TIMING_DRIVEN}"]).strip()}
+                                      f"{NEXTPNR_OPTS.get(family, '')} {NO_TIMING_DRIVEN}",
+                                      f"--seed {seed}" if seed is not None else ""]).strip()}
     if family == "ice40" and dsp:
         opts["synth_opts"] = "-dsp"
     elif family == "ecp5" and not dsp:
@@ -455,7 +459,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
                        cells=parsed["cells"], resources=resources, synth_cells=synth_counts, seconds=seconds,
                        timing_met=timing_met, critical_paths=parsed["critical_paths"], clock_mhz=clock,
                        extra={"multipliers": mul_plan.to_json() if mul_plan is not None else {"dsp": False},
-                              "timing_driven": timing_driven})
+                              "timing_driven": timing_driven, "nextpnr_seed": seed})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,17 +472,23 @@ OPEN_FLOW_LN_EMIT_LANES = 2
 # LayerNorm isqrt/division steps per cycle in the open-flow builds: 4 steps in series took 25.6 ns
 # on ECP5 (the unit alone, bench/unit_fmax.py), too slow for the 50 MHz the boards target
 OPEN_FLOW_LN_STATS_STEPS = 2
+# Residual lanes multiplied per cycle in the open-flow builds: each residual lane takes 4 ECP5
+# DSP blocks (two 24-bit constants), and the unit runs about 2% of a digits-moe image; 2 lanes
+# free 24 DSP blocks of the smallest design for products that were built from LUTs
+OPEN_FLOW_RESIDUAL_MUL_LANES = 2
 
 
 def buildable_space():
     """The search space restricted to what the accelerator top builds: tiles and lanes that make
     whole 64-bit memory words (hdl/top.py TopParams: multiples of 8); the LayerNorm normalizes
-    OPEN_FLOW_LN_EMIT_LANES lanes per cycle and takes OPEN_FLOW_LN_STATS_STEPS division steps per cycle."""
+    OPEN_FLOW_LN_EMIT_LANES lanes per cycle and takes OPEN_FLOW_LN_STATS_STEPS division steps per cycle;
+    the residual unit multiplies OPEN_FLOW_RESIDUAL_MUL_LANES lanes per cycle."""
     from accel.dse import default_space
     s = default_space()
     keep = lambda vals: tuple(v for v in vals if v % 8 == 0)
     return replace(s, t_in=keep(s.t_in), t_out=keep(s.t_out), ln_lanes=keep(s.ln_lanes), t_a=keep(s.t_a),
-                   ln_emit_lanes=OPEN_FLOW_LN_EMIT_LANES, ln_stats_steps=OPEN_FLOW_LN_STATS_STEPS)
+                   ln_emit_lanes=OPEN_FLOW_LN_EMIT_LANES, ln_stats_steps=OPEN_FLOW_LN_STATS_STEPS,
+                   residual_mul_lanes=OPEN_FLOW_RESIDUAL_MUL_LANES)
 
 
 def smallest_design(cfg, board: Board):
@@ -486,7 +496,8 @@ def smallest_design(cfg, board: Board):
     attention lane of 8, 8 LayerNorm/residual lanes, at the board's target clock."""
     from accel.perf import design_for
     return design_for(cfg, 8, 8, 1, 2, 8, 1, 1, ln_lanes=8, clock_mhz=board.target_mhz,
-                      ln_emit_lanes=OPEN_FLOW_LN_EMIT_LANES, stats_steps=OPEN_FLOW_LN_STATS_STEPS)
+                      ln_emit_lanes=OPEN_FLOW_LN_EMIT_LANES, stats_steps=OPEN_FLOW_LN_STATS_STEPS,
+                      residual_mul_lanes=OPEN_FLOW_RESIDUAL_MUL_LANES)
 
 
 @dataclass(frozen=True)
@@ -539,7 +550,7 @@ def _sync_fmax(fmax: dict) -> tuple[str, dict] | None:
 
 def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out: str | Path = "build/bitstream",
                 params: str | Path | None = None, *, image: int = 0, dsp: bool = True, dsp_budget: int | None = None,
-                clock_mhz: float | None = None, timing_driven: bool = False,
+                clock_mhz: float | None = None, timing_driven: bool = False, seed: int | None = None,
                 progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
     """The whole flow for a model: the design (``params`` file or the search), the compiled memory
     image with evaluation image ``image``'s patches in place, the board top, the bitstream, and
@@ -595,7 +606,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     top = BoardTop(tp, words, comp.program_offset, clock_mhz=design.clock_mhz)
     t_prepare = round(time.perf_counter() - t_all, 2)
     res = build_top(top, board, out / "gateware", progress=say, dsp=dsp, dsp_budget=dsp_budget,
-                    heartbeat_s=heartbeat_s, timing_driven=timing_driven)
+                    heartbeat_s=heartbeat_s, timing_driven=timing_driven, seed=seed)
 
     achieved = _sync_fmax(res.fmax)
     fmax_sync = achieved[1]["achieved_mhz"] if achieved else None

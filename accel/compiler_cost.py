@@ -21,6 +21,7 @@ from accel.hdl.attention import DIV_STEPS
 from accel.hdl.gate_cost import gate_cycles
 from accel.hdl.layernorm_cost import layernorm_cycles
 from accel.hdl.program import INSTR_WORDS, MODE, OP, PORT, WMODE
+from accel.hdl.residual import residual_cycles
 
 __all__ = ["MemoryTiming", "predict_cycles", "op_cycles", "expert_counts"]
 
@@ -104,6 +105,8 @@ def op_cycles(instrs: list[dict], params, counts: dict | None, layer, timing: Me
             port = ins.get("port")
             if ins.get("mode") == MODE.ROWS and port == PORT.LN_X:
                 kernel += layernorm_cycles(n_rows, ins["n_chunks"] * P.layernorm.lanes, P.layernorm, config=False)
+            if ins.get("mode") == MODE.ROWS and port == PORT.RES_I:
+                kernel += residual_cycles(n_rows * ins["n_chunks"], P.residual)
             if ins.get("mode") == MODE.ROWS and port == PORT.GATE_L:
                 meta = ins.get("meta", {})
                 kernel += gate_cycles(n_rows, meta.get("experts", P.gate.max_experts), meta.get("top_k", P.gate.max_k),

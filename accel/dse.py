@@ -47,6 +47,7 @@ class Space:
     n_a: tuple[int, ...] = (1, 2, 4)
     ln_emit_lanes: int | None = None   # LayerNorm lanes normalized per cycle, at most (None: all lanes)
     ln_stats_steps: int = 4            # LayerNorm isqrt/division steps per cycle (accel.perf.design_for)
+    residual_mul_lanes: int | None = None   # residual lanes multiplied per cycle, at most (None: all lanes)
 
     def linear_points(self):
         return list(itertools.product(self.t_in, self.t_out, self.n_lanes, self.ln_lanes))
@@ -81,11 +82,13 @@ class _Evaluator:
     combinations (a generator's own checks, e.g. too many MACs)."""
 
     def __init__(self, cfg: ModelConfig, board: Board, multipliers_in_luts: bool = False,
-                 ln_emit_lanes: int | None = None, ln_stats_steps: int = 4):
+                 ln_emit_lanes: int | None = None, ln_stats_steps: int = 4,
+                 residual_mul_lanes: int | None = None):
         self.cfg, self.board = cfg, board
         self.multipliers_in_luts = multipliers_in_luts
         self.ln_emit_lanes = ln_emit_lanes
         self.ln_stats_steps = ln_stats_steps
+        self.residual_mul_lanes = residual_mul_lanes
         self.count = 0
         self.explored: list[Performance] = []
         self._cache: dict[tuple, Performance | None] = {}
@@ -95,7 +98,7 @@ class _Evaluator:
             t_in, t_out, n_lanes, ln_lanes = lin
             return design_for(self.cfg, t_in, t_out, n_lanes, *att, ln_lanes=ln_lanes,
                               clock_mhz=self.board.target_mhz, ln_emit_lanes=self.ln_emit_lanes,
-                              stats_steps=self.ln_stats_steps)
+                              stats_steps=self.ln_stats_steps, residual_mul_lanes=self.residual_mul_lanes)
         except (LinearParamError, AttentionParamError):
             return None
 
@@ -135,7 +138,8 @@ def exhaustive_search(cfg: ModelConfig, board: Board, space: Space | None = None
     space = space or default_space()
     check_model_fits_board(cfg, board)
     t0 = time.perf_counter()
-    ev = _Evaluator(cfg, board, multipliers_in_luts, space.ln_emit_lanes, space.ln_stats_steps)
+    ev = _Evaluator(cfg, board, multipliers_in_luts, space.ln_emit_lanes, space.ln_stats_steps,
+                    space.residual_mul_lanes)
     lin_pts, att_pts = space.linear_points(), space.attention_points(cfg)
     best = None
     total = len(lin_pts) * len(att_pts)
@@ -158,7 +162,8 @@ def heuristic_search(cfg: ModelConfig, board: Board, space: Space | None = None,
     space = space or default_space()
     check_model_fits_board(cfg, board)
     t0 = time.perf_counter()
-    ev = _Evaluator(cfg, board, multipliers_in_luts, space.ln_emit_lanes, space.ln_stats_steps)
+    ev = _Evaluator(cfg, board, multipliers_in_luts, space.ln_emit_lanes, space.ln_stats_steps,
+                    space.residual_mul_lanes)
     say = progress or (lambda s: None)
     lin_pts, att_pts = space.linear_points(), space.attention_points(cfg)
     dsp_budget = board.budget("dsp")

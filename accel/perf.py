@@ -51,10 +51,13 @@ class Design:
     layernorm: LayerNormParams
     clock_mhz: float
     ln_lanes: int = 8   # requested LayerNorm/residual lanes (layernorm.lanes may be smaller: a power of two dividing dim)
+    residual_mul_lanes: int | None = None   # residual lanes multiplied per cycle (None: all of them)
 
     @property
     def residual(self) -> ResidualParams:
-        return ResidualParams(lanes=self.layernorm.lanes)
+        m = self.residual_mul_lanes
+        return ResidualParams(lanes=self.layernorm.lanes,
+                              mul_lanes=None if m is None or m >= self.layernorm.lanes else m)
 
     def to_json(self) -> dict:
         return {"linear": asdict(self.linear), "attention": asdict(self.attention),
@@ -102,7 +105,7 @@ def model_weight_bytes(cfg: ModelConfig) -> int:
 
 def design_for(cfg: ModelConfig, t_in: int, t_out: int, n_lanes: int, p: int, t_a: int, heads: int, n_a: int,
                ln_lanes: int = 8, stats_steps: int = 4, clock_mhz: float = 300.0,
-               ln_emit_lanes: int | None = None) -> Design:
+               ln_emit_lanes: int | None = None, residual_mul_lanes: int | None = None) -> Design:
     """``stats_steps`` 4: the LayerNorm statistics take 21 cycles a row; more steps per cycle
     lengthen the combinational path of the isqrt/division (a timing risk at 300 MHz)."""
     """A design whose buffers are sized to the model (longest d_in/d_out, tokens, head width)."""
@@ -115,7 +118,7 @@ def design_for(cfg: ModelConfig, t_in: int, t_out: int, n_lanes: int, p: int, t_
     lanes = min(ln_lanes, d & -d)   # a power of two dividing dim
     emit = None if ln_emit_lanes is None or ln_emit_lanes >= lanes else ln_emit_lanes
     ln = LayerNormParams(lanes=lanes, max_channels=d, stats_steps=stats_steps, emit_lanes=emit)
-    return Design(lp, ap, ln, clock_mhz, ln_lanes)
+    return Design(lp, ap, ln, clock_mhz, ln_lanes, residual_mul_lanes)
 
 
 # cost-model calls are pure: cache them (the search evaluates many designs sharing kernels)

@@ -28,6 +28,7 @@ from accel.boards import Board, Memory, load_board
 from accel.hdl.attention import AttentionParams
 from accel.hdl.layernorm import LayerNormParams
 from accel.hdl.linear import LinearParams
+from accel.hdl.residual import ResidualParams
 from accel.models.config import ModelConfig, load_config
 from accel.models.errors import AccelError
 from accel.perf import Design, DoesNotFit, Performance, design_for, evaluate
@@ -199,14 +200,23 @@ def load_design_params(path: str | Path, cfg: ModelConfig, board: Board) -> Desi
         except AccelError as exc:
             raise ParamsFileError(f"{where}: field {key!r}: {exc}") from None
     res = doc.get("residual")
-    if res is not None and (not isinstance(res, dict) or res.get("lanes") != parts["layernorm"].lanes):
+    lanes = parts["layernorm"].lanes
+    if res is not None and (not isinstance(res, dict) or res.get("lanes") != lanes
+                            or not set(res) <= {"lanes", "mul_lanes"}):
         raise ParamsFileError(f"{where}: field 'residual' is {res!r}; the residual unit runs at the LayerNorm's "
-                              f"lanes, so it must be {{'lanes': {parts['layernorm'].lanes}}} (or left out)")
+                              f"lanes, so it must be {{'lanes': {lanes}}} or {{'lanes': {lanes}, 'mul_lanes': M}} "
+                              "(or left out)")
+    mul_lanes = None if res is None else res.get("mul_lanes")
+    if mul_lanes is not None:
+        try:
+            ResidualParams(lanes=lanes, mul_lanes=mul_lanes)
+        except AccelError as exc:
+            raise ParamsFileError(f"{where}: field 'residual': {exc}") from None
     clock = doc.get("clock_mhz", board.target_mhz)
     if isinstance(clock, bool) or not isinstance(clock, (int, float)) or not 0 < clock <= board.target_mhz:
         raise ParamsFileError(f"{where}: field 'clock_mhz' is {clock!r}; it must be a number in (0, "
                               f"{board.target_mhz:g}] (board {board.name!r}'s target clock); lower it or leave it out")
-    design = Design(parts["linear"], parts["attention"], parts["layernorm"], float(clock), parts["layernorm"].lanes)
+    design = Design(parts["linear"], parts["attention"], parts["layernorm"], float(clock), lanes, mul_lanes)
     _check_design_serves_model(design, cfg, where)
     return design
 

@@ -37,6 +37,8 @@ from amaranth.lib.wiring import In, Out
 from accel.models.errors import AccelError
 from accel.models.intops import LN_MAX_CHANNELS, LN_RECIP_BITS, LN_VAR_SHIFT, LN_Z_SHIFT
 
+from .common import round_shift
+
 __all__ = ["LayerNormParams", "LayerNormParamError", "LayerNormUnit", "config_layout", "x_layout", "y_layout",
            "OFFSET_BITS", "MULT_BITS", "stats_cycles"]
 
@@ -144,7 +146,6 @@ class LayerNormUnit(wiring.Component):
         channels = Signal(11)
         beats = Signal(range(NB + 1))
         shift = Signal(6)
-        half = Signal(63)       # 2**(shift-1) (0 for shift 0), a register: no decoder on the rounding path
         cfg_addr = Signal(range(NB + 1))
 
         # ---------------------------------------------------------------- row buffer (2 banks)
@@ -170,7 +171,6 @@ class LayerNormUnit(wiring.Component):
         with m.If(self.c_i.valid & self.c_i.ready):
             with m.If(self.c_i.payload.first):
                 m.d.sync += [channels.eq(self.c_i.payload.channels), shift.eq(self.c_i.payload.shift),
-                             half.eq((Const(1, 64) << self.c_i.payload.shift) >> 1),
                              beats.eq(self.c_i.payload.channels >> (L.bit_length() - 1)), cfg_addr.eq(1)]
             with m.Else():
                 m.d.sync += cfg_addr.eq(cfg_addr + 1)
@@ -391,7 +391,7 @@ class LayerNormUnit(wiring.Component):
             # after its last sub-step
             m.d.sync += [c1_valid.eq(b_valid), c1_last.eq(b_last), c1_sub.eq(b_sub)]
             for j in range(E):
-                m.d.sync += c1_v[j].eq((t[j] + half) >> shift)   # |t| < 2**48: fits 50 bits at any shift
+                m.d.sync += c1_v[j].eq(round_shift(t[j], shift))   # |t| < 2**48: fits 50 bits at any shift
             m.d.sync += [out_valid.eq(c1_valid & (c1_sub == G - 1)), out_last.eq(c1_last)]
             with m.If(c1_valid):
                 with m.Switch(c1_sub):

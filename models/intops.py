@@ -251,6 +251,8 @@ class IntLayerNorm:
                                 "(C*sum(x*x) - S*S) would pass 2**50 and isqrt(var << 12) 2**62")
         if np.abs(self.mult).max(initial=0) >= LN_MULT_LIMIT:
             raise NumericsError(f"IntLayerNorm: a multiplier reaches {np.abs(self.mult).max()} >= 2**23")
+        if not 0 <= self.shift <= 62:
+            raise NumericsError(f"IntLayerNorm: shift {self.shift!r} is outside [0, 62] (2**(shift-1) must fit int64)")
 
     @property
     def channels(self) -> int:
@@ -284,6 +286,12 @@ class IntResidualAdd:
     mult_b: int
     shift: int
     out_bits: int = 16
+
+    def __post_init__(self):
+        if not (0 <= self.mult_x < 1 << RES_MULT_BITS and 0 <= self.mult_b < 1 << RES_MULT_BITS
+                and 0 <= self.shift <= 62):
+            raise NumericsError(f"IntResidualAdd: constants out of range: mult_x {self.mult_x!r} and mult_b "
+                                f"{self.mult_b!r} must be in [0, 2**{RES_MULT_BITS}), shift {self.shift!r} in [0, 62]")
 
     def __call__(self, x: np.ndarray, b: np.ndarray) -> np.ndarray:
         if x.shape != b.shape:

@@ -279,7 +279,7 @@ def test_run_builds_beside_the_simulation(monkeypatch, tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
-def test_build_clock_override_and_timing_driven_flag(monkeypatch, tmp_path):
+def test_build_clock_override_timing_driven_flag_and_seed(monkeypatch, tmp_path):
     """--clock-mhz rebuilds the design for another clock (the board top's PLL and the predictions
     follow it); place and route is not timing-driven unless asked."""
     import accel.build as build
@@ -294,7 +294,11 @@ def test_build_clock_override_and_timing_driven_flag(monkeypatch, tmp_path):
     rep = json.loads((tmp_path / "a" / "report.json").read_text())
     assert seen["clock"] == 35.0 and seen["timing_driven"] is False and rep["params"]["clock_mhz"] == 35.0
     assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "b"), "--timing-driven", "--json"]) == 0
-    assert seen["clock"] == 50.0 and seen["timing_driven"] is True
+    assert seen["clock"] == 50.0 and seen["timing_driven"] is True and seen["seed"] is None
+    assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "s"), "--seed", "7", "--json"]) == 0
+    assert seen["seed"] == 7
+    with pytest.raises(AccelError, match=r"seed=-1: pass nextpnr's seed as an integer in \[0, 2\*\*31\)"):
+        build_top(None, "ulx3s-85f", tmp_path / "t", seed=-1)
     with pytest.raises(AccelError, match=r"clock_mhz=0: pass the accelerator clock in MHz, a number > 0"):
         build.build_model("ulx3s-85f", "digits-moe", tmp_path / "c", clock_mhz=0)
     gc.collect()

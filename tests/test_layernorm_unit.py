@@ -122,3 +122,20 @@ def test_cycle_model_matches_simulation_without_stalls():
         pred = layernorm_cycles(n, c, LayerNormParams(lanes=lanes, max_channels=max(c, 2 * lanes), stats_steps=steps,
                                                       emit_lanes=emit))
         assert abs(cycles - pred) <= 0.05 * cycles, (c, lanes, cycles, pred)
+
+
+def test_every_output_shift_rounds_like_the_reference():
+    """The output rounding (shift, then add the last bit shifted out) at small, large and huge
+    shifts, with offsets near their limit (|offset| < 2**47), matches the reference."""
+    import dataclasses
+
+    rng = np.random.default_rng(5)
+    c = 16
+    ln = make_layernorm(1 + 0.5 * rng.standard_normal(c), 0.3 * rng.standard_normal(c), 3 / 127)
+    rows = np.clip(np.rint(rng.standard_normal((3, c)) * 3000), -32768, 32767).astype(np.int64)
+    offset = rng.integers(-(1 << 47) + 1, 1 << 47, c)
+    offset[:2] = [(1 << 47) - 1, -(1 << 47) + 1]
+    for shift in (0, 1, 2, 40, 46, 47, 48, 49, 50, 51, 62):
+        op = dataclasses.replace(ln, shift=shift, offset=offset)
+        got, _ = run_unit(op, rows, lanes=8, stalls=False)
+        assert np.array_equal(got, op(rows)), shift

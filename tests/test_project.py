@@ -263,6 +263,22 @@ def test_params_for_another_model_or_clock_are_refused(designs, tmp_path):
     assert "create_clock -period 5.000 " in files["constraints/clock.xdc"]
 
 
+def test_params_file_residual_products(designs, tmp_path):
+    """The residual unit's lanes follow the LayerNorm's; its products per cycle may be fewer."""
+    small = designs("digits-moe", "zcu102").best.design.to_json()
+    lanes = small["layernorm"]["lanes"]
+    p = _write(tmp_path / "p.json", small | {"residual": {"lanes": lanes, "mul_lanes": 2}})
+    spec = make_spec("zcu102", "digits-moe", params=p, verilog=fixture_verilog())
+    assert spec.design.residual.products == 2 and spec.design.residual.steps == lanes // 2
+    _write(p, small | {"residual": {"lanes": lanes, "mul_lanes": 3}})
+    with pytest.raises(ParamsFileError, match=rf"field 'residual': ResidualParams.mul_lanes=3: must be None or an "
+                                              rf"int dividing lanes={lanes}"):
+        make_spec("zcu102", "digits-moe", params=p, verilog=fixture_verilog())
+    _write(p, small | {"residual": {"lanes": lanes * 2}})
+    with pytest.raises(ParamsFileError, match=r"runs at the LayerNorm's lanes, so it must be"):
+        make_spec("zcu102", "digits-moe", params=p, verilog=fixture_verilog())
+
+
 def _write(p, doc):
     p.write_text(json.dumps(doc))
     return p
