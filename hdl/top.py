@@ -418,19 +418,9 @@ class AccelTop(wiring.Component):
         port_ready = {}
 
         def feed(port_id, stream, fill):
-            # one register stage in front of every unit: the wire from the beat FIFO's head (a
-            # 600-bit multiplexer beside the packer) to a unit across the chip ends in a
-            # flip-flop, not in the unit's operand logic (on the ECP5 that wire was 8 ns of the
-            # longest path). The stage loads whenever it is empty or its unit takes its beat.
-            nxt = Signal(stream.payload.shape(), name=f"{PORT.NAMES[port_id]}_next")
-            held = Signal(stream.payload.shape(), name=f"{PORT.NAMES[port_id]}_held")
-            held_v = Signal(name=f"{PORT.NAMES[port_id]}_valid")
-            room = Signal(name=f"{PORT.NAMES[port_id]}_room")
-            fill(nxt)
-            m.d.comb += [room.eq(~held_v | stream.ready), stream.valid.eq(held_v), stream.payload.eq(held)]
-            with m.If(room):
-                m.d.sync += [held.eq(nxt), held_v.eq(out_port[port_id])]
-            port_ready[port_id] = room
+            m.d.comb += stream.valid.eq(out_port[port_id])
+            port_ready[port_id] = stream.ready
+            fill(stream.payload)
 
         def raw(p):
             m.d.comb += p.as_value().eq(out_words[:len(p.as_value())])
