@@ -97,8 +97,14 @@ def test_multipliers_in_luts_trade_dsp_for_luts():
     e2 = evaluate(cfg, board, d2)
     assert d2.layernorm.emit_lanes == 2 and e2.blocks["layernorm"]["dsp"] == on_dsp.blocks["layernorm"]["dsp"] - 48
     assert e2.cycles_by_kind["layernorm"] > on_dsp.cycles_by_kind["layernorm"]
-    # with 2 emit lanes and the multipliers beyond the DSPs in LUTs it fits the ULX3S's 65% LUT cap
-    assert evaluate(cfg, board, d2, multipliers_in_luts=True).fits and not in_luts.fits
+    # residual product lanes: 4 ECP5 DSP blocks each, 4 cycles a beat at 2 of 8 lanes
+    d3 = replace(d2, residual_mul_lanes=2)
+    e3 = evaluate(cfg, board, d3)
+    assert d3.residual.steps == 4 and e3.blocks["residual"]["dsp"] == e2.blocks["residual"]["dsp"] - 24
+    assert e3.cycles_by_kind["residual"] > e2.cycles_by_kind["residual"]
+    # with both and the multipliers beyond the DSPs in LUTs it fits the ULX3S's 50% LUT cap
+    assert evaluate(cfg, board, d3, multipliers_in_luts=True).fits and not in_luts.fits
+    assert not evaluate(cfg, board, d2, multipliers_in_luts=True).fits
 
 
 def test_search_with_multipliers_in_luts_finds_a_design_on_ulx3s():
@@ -108,6 +114,8 @@ def test_search_with_multipliers_in_luts_finds_a_design_on_ulx3s():
         heuristic_search(cfg, board, buildable_space())
     res = heuristic_search(cfg, board, buildable_space(), multipliers_in_luts=True)
     assert res.best.fits and res.best.dsp_in_luts > 0 and res.best.design.layernorm.emit_lanes == 2
+    from accel.build import OPEN_FLOW_RESIDUAL_MUL_LANES
+    assert res.best.design.residual.products == OPEN_FLOW_RESIDUAL_MUL_LANES == 2
     assert res.best.design.linear.t_in % 8 == 0 and res.best.design.linear.t_out % 8 == 0
     # the open-flow builds take 2 LayerNorm division steps a cycle (4 missed 50 MHz on ECP5), and
     # the cycle model charges it: the statistics of a row take longer than with 4 steps
