@@ -262,7 +262,8 @@ def cmd_run(args) -> dict:
     from accel.run import RunConfig, run
     skip = tuple(s for s, off in (("simulate", args.no_sim), ("build", args.no_build)) if off)
     cfg = RunConfig(model=args.model, board=args.board, out=Path(args.out), images=args.images,
-                    stalls=not args.no_stalls, skip=skip, stop_after=args.stop_after, parallel=not args.serial)
+                    stalls=not args.no_stalls, skip=skip, stop_after=args.stop_after, parallel=not args.serial,
+                    nextpnr_seed=args.seed)
     rep = run(cfg, progress=_progress(True))
     if not args.json:
         out = Path(rep["report_dir"])
@@ -486,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sim", action="store_true", help="skip the RTL simulation step")
     p.add_argument("--no-build", action="store_true", help="skip the bitstream step")
     p.add_argument("--serial", action="store_true", help="build after the simulation, not beside it")
+    p.add_argument("--seed", type=int, default=None, metavar="N", help="nextpnr's seed for the build (accel build --seed)")
     p.add_argument("--stop-after", default="report", choices=("evaluate", "search", "generate", "simulate", "build",
                                                                "report"), help="end the run after this step")
     return ap

@@ -51,6 +51,7 @@ class RunConfig:
     skip: tuple[str, ...] = ()           # steps left out (simulate, build)
     stop_after: str = "report"
     parallel: bool = True                # build beside the simulation (2 cores)
+    nextpnr_seed: int | None = None      # the build's placement seed (accel build --seed)
 
     def __post_init__(self):
         if not isinstance(self.images, int) or self.images < 1:
@@ -171,7 +172,8 @@ def step_simulate(state: RunState, say) -> dict:
 def step_build(state: RunState, say) -> dict:
     from accel.build import build_model
     c = state.config
-    return build_model(c.board, c.model, c.out / "bitstream", params=c.out / "design.json", progress=say)
+    return build_model(c.board, c.model, c.out / "bitstream", params=c.out / "design.json", seed=c.nextpnr_seed,
+                       progress=say)
 
 
 def step_report(state: RunState, say) -> dict:

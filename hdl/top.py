@@ -418,9 +418,22 @@ class AccelTop(wiring.Component):
         port_ready = {}
 
         def feed(port_id, stream, fill):
-            m.d.comb += stream.valid.eq(out_port[port_id])
-            port_ready[port_id] = stream.ready
-            fill(stream.payload)
+            # one register stage in front of every unit: a unit's valid and payload come from
+            # flip-flops, so the wires from the beat FIFO's head (the read pointer, the port
+            # decode and a 600-bit multiplexer beside the packer) to a unit across the chip end
+            # there, not in the unit's handshake and operand logic. On the ECP5 those wires were
+            # the longest paths: 8 ns into the attention operands (build s8b), 11 + 10 ns into
+            # the attention control (build seed4). The stage loads whenever it is empty or its
+            # unit takes its beat.
+            nxt = Signal(stream.payload.shape(), name=f"{PORT.NAMES[port_id]}_next")
+            held = Signal(stream.payload.shape(), name=f"{PORT.NAMES[port_id]}_held")
+            held_v = Signal(name=f"{PORT.NAMES[port_id]}_valid")
+            room = Signal(name=f"{PORT.NAMES[port_id]}_room")
+            fill(nxt)
+            m.d.comb += [room.eq(~held_v | stream.ready), stream.valid.eq(held_v), stream.payload.eq(held)]
+            with m.If(room):
+                m.d.sync += [held.eq(nxt), held_v.eq(out_port[port_id])]
+            port_ready[port_id] = room
 
         def raw(p):
             m.d.comb += p.as_value().eq(out_words[:len(p.as_value())])

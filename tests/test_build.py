@@ -265,8 +265,14 @@ def test_run_builds_beside_the_simulation(monkeypatch, tmp_path, capsys):
     """`accel run` with every step: the build (tools stubbed as above) runs in a thread beside the
     RTL simulation, and the report gets its Bitstream section."""
     import accel.build as build
-    monkeypatch.setattr(build, "build_top", _fake_build_top)
-    assert main(["run", "--out", str(tmp_path), "--images", "1", "--json"]) == 0
+    seen = {}
+
+    def fake(top, board, build_dir, **kw):
+        seen.update(kw)
+        return _fake_build_top(top, board, build_dir, **kw)
+    monkeypatch.setattr(build, "build_top", fake)
+    assert main(["run", "--out", str(tmp_path), "--images", "1", "--seed", "3", "--json"]) == 0
+    assert seen["seed"] == 3
     out = capsys.readouterr()
     rep = json.loads(out.out)
     assert rep["steps_skipped"] == [] and rep["bit_exact"]
