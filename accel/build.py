@@ -351,14 +351,17 @@ def _probe_multipliers(muls, name: str, build_dir: Path, env: dict, say, heartbe
 def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Callable[[str], None] | None = None,
               env: dict[str, str] | None = None, name: str = "top", check_fit_after_synthesis: bool = True,
               dsp: bool = True, heartbeat_s: float = 20.0, dsp_budget: int | None = None,
-              timing_driven: bool = False, seed: int | None = None) -> BuildResult:
+              timing_driven: bool = False, seed: int | None = None, timing_paths: bool = False) -> BuildResult:
     """Steps elaborate .. report (without the model's predictions) for an elaboratable ``top``
     on ``board``; the plan, logs and bitstream go to ``build_dir``. ``dsp=False``: multipliers in
     LUTs (Yosys ``-nodsp`` on ECP5; iCE40 then synthesizes without ``-dsp``). With DSPs, products
     beyond ``dsp_budget`` DSP blocks (default: the part's count) are built from LUTs, cheapest
     first (accel.multipliers). ``timing_driven``: nextpnr's timing-driven placement and routing
     (the large designs may not finish routing with it, see NO_TIMING_DRIVEN). ``seed``: nextpnr's
-    random seed (its placement, and so its wirelength and routing time, changes with it)."""
+    random seed (its placement, and so its wirelength and routing time, changes with it).
+    ``timing_paths``: nextpnr also writes its per-endpoint arrivals and the routed netlist
+    (``{name}_routed.json``, about 150 MB on digits-moe), and the result lists every endpoint
+    that misses the clock, grouped by signal (accel.timing_paths; ECP5)."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 31):
         raise AccelError(f"seed={seed!r}: pass nextpnr's seed as an integer in [0, 2**31) (or None for its default)")
     board = board if isinstance(board, Board) else load_board(board)
@@ -383,7 +386,9 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     opts = {"nextpnr_opts": " ".join(["--report nextpnr_report.json --timing-allow-fail",
                                       NEXTPNR_TIMING_DRIVEN_OPTS.get(family, "") if timing_driven else
                                       f"{NEXTPNR_OPTS.get(family, '')} {NO_TIMING_DRIVEN}",
-                                      f"--seed {seed}" if seed is not None else ""]).strip()}
+                                      f"--seed {seed}" if seed is not None else "",
+                                      f"--detailed-timing-report --write {name}_routed.json" if timing_paths else ""
+                                      ]).strip()}
     if family == "ice40" and dsp:
         opts["synth_opts"] = "-dsp"
     elif family == "ecp5" and not dsp:
@@ -394,7 +399,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     plan = platform.build(top, name=name, do_build=False, do_program=False, **opts)
     if build_dir.exists():
         for stale in ("nextpnr_report.json", f"{name}.bit", f"{name}.bin", f"{name}.json", f"{name}.config",
-                      f"{name}.asc", MULTIPLIER_SCRIPT, f"{MULTIPLIER_PROBE}.il"):
+                      f"{name}.asc", f"{name}_routed.json", MULTIPLIER_SCRIPT, f"{MULTIPLIER_PROBE}.il"):
             (build_dir / stale).unlink(missing_ok=True)
     _write_plan(plan, build_dir)
     mul_plan = None
@@ -453,13 +458,22 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     timing_met = all(v["met"] for v in parsed["fmax"].values())
     sync = _sync_fmax(parsed["fmax"])
     clock = sync[1]["constraint_mhz"] if sync else None
+    paths = None
+    if timing_paths and clock:
+        from accel.timing_paths import failing_paths
+        with open(build_dir / f"{name}_routed.json") as f:
+            routed = json.load(f)
+        with open(build_dir / "nextpnr_report.json") as f:
+            paths = failing_paths(routed, json.load(f), 1000.0 / clock, top_n=30, paths=5)
+        del routed
     end(4, t, "".join(f"; {k}: {v['achieved_mhz']:.1f} MHz (constraint {v['constraint_mhz']:g})"
                       for k, v in parsed["fmax"].items()))
     return BuildResult(board=board.name, build_dir=str(build_dir), bitstream=str(bit), fmax=parsed["fmax"],
                        cells=parsed["cells"], resources=resources, synth_cells=synth_counts, seconds=seconds,
                        timing_met=timing_met, critical_paths=parsed["critical_paths"], clock_mhz=clock,
                        extra={"multipliers": mul_plan.to_json() if mul_plan is not None else {"dsp": False},
-                              "timing_driven": timing_driven, "nextpnr_seed": seed})
+                              "timing_driven": timing_driven, "nextpnr_seed": seed,
+                              **({"timing_paths": paths} if paths is not None else {})})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,7 +565,7 @@ def _sync_fmax(fmax: dict) -> tuple[str, dict] | None:
 def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out: str | Path = "build/bitstream",
                 params: str | Path | None = None, *, image: int = 0, dsp: bool = True, dsp_budget: int | None = None,
                 clock_mhz: float | None = None, timing_driven: bool = False, seed: int | None = None,
-                progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
+                timing_paths: bool = False, progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
     """The whole flow for a model: the design (``params`` file or the search), the compiled memory
     image with evaluation image ``image``'s patches in place, the board top, the bitstream, and
     ``out/report.json``. Returns the report. ``clock_mhz``: build the design for this clock
@@ -606,7 +620,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     top = BoardTop(tp, words, comp.program_offset, clock_mhz=design.clock_mhz)
     t_prepare = round(time.perf_counter() - t_all, 2)
     res = build_top(top, board, out / "gateware", progress=say, dsp=dsp, dsp_budget=dsp_budget,
-                    heartbeat_s=heartbeat_s, timing_driven=timing_driven, seed=seed)
+                    heartbeat_s=heartbeat_s, timing_driven=timing_driven, seed=seed, timing_paths=timing_paths)
 
     achieved = _sync_fmax(res.fmax)
     fmax_sync = achieved[1]["achieved_mhz"] if achieved else None

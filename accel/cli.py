@@ -346,7 +346,7 @@ def cmd_build(args) -> dict:
     from accel.build import build_model
     res = build_model(args.board, args.model, args.out, params=args.params, dsp=not args.no_dsp,
                       dsp_budget=args.dsp_budget, clock_mhz=args.clock_mhz, timing_driven=args.timing_driven,
-                      seed=args.seed,
+                      seed=args.seed, timing_paths=args.timing_paths,
                       progress=_progress(True))
     if not args.json:
         p = res["predicted"]
@@ -477,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "at 36.2 MHz against 34.3 without, and diverged on the current one)")
     p.add_argument("--seed", type=int, default=None, metavar="N",
                    help="nextpnr's random seed: another placement (wirelength and routing time vary with it)")
+    p.add_argument("--timing-paths", action="store_true",
+                   help="list every endpoint that misses the clock, grouped by signal, in report.json "
+                        "(nextpnr writes its per-endpoint arrivals and the routed netlist, ~150 MB)")
     p = add("run", cmd_run, "the main job on the bundled default model and board: evaluate, search, generate, "
                             "simulate through the host driver, build the bitstream, report")
     p.add_argument("--model", default=DEFAULT_MODEL)

@@ -207,7 +207,8 @@ def test_real_build_ulx3s_stand_in():
     words[0] = 64 | ((8 * 256) << 32)
     top = BoardTop(None, words, 0, core=CopyCore(), clock_mhz=50)
     said = []
-    res = build_top(top, "ulx3s-85f", REPO / "build" / "test_build" / "ulx3s-85f", progress=said.append)
+    res = build_top(top, "ulx3s-85f", REPO / "build" / "test_build" / "ulx3s-85f", progress=said.append,
+                    timing_paths=True)
     assert Path(res.bitstream).name == "top.bit" and Path(res.bitstream).stat().st_size > 100_000
     assert top.pll is not None and top.pll.fout_mhz == 50
     clk = res.fmax["clk"]
@@ -222,6 +223,12 @@ def test_real_build_ulx3s_stand_in():
     doc = res.to_json()
     json.dumps(doc)
     assert doc["fmax_mhz"]["clk"] == clk["achieved_mhz"] and doc["utilization"]["dsp"]["cell"] == "MULT18X18D"
+    # --timing-paths: every endpoint's arrival from nextpnr, the worst one its critical path
+    tp = doc["timing_paths"]
+    assert tp["endpoints"] > 100 and tp["period_ns"] == pytest.approx(20.0)
+    assert tp["worst_ns"] == pytest.approx(tp["nextpnr_worst_ns"], abs=0.01)
+    assert tp["worst_ns"] == pytest.approx(1000.0 / clk["achieved_mhz"], rel=0.01)
+    assert (tp["failing_endpoints"] > 0) == (not res.timing_met)
 
 
 # ------------------------------------------------------------------------------ the model flow's report
@@ -302,7 +309,9 @@ def test_build_clock_override_timing_driven_flag_and_seed(monkeypatch, tmp_path)
     assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "b"), "--timing-driven", "--json"]) == 0
     assert seen["clock"] == 50.0 and seen["timing_driven"] is True and seen["seed"] is None
     assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "s"), "--seed", "7", "--json"]) == 0
-    assert seen["seed"] == 7
+    assert seen["seed"] == 7 and seen["timing_paths"] is False
+    assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "p"), "--timing-paths", "--json"]) == 0
+    assert seen["timing_paths"] is True
     with pytest.raises(AccelError, match=r"seed=-1: pass nextpnr's seed as an integer in \[0, 2\*\*31\)"):
         build_top(None, "ulx3s-85f", tmp_path / "t", seed=-1)
     with pytest.raises(AccelError, match=r"clock_mhz=0: pass the accelerator clock in MHz, a number > 0"):

@@ -1,13 +1,8 @@
-"""bench/route_slack.py on a hand-made nextpnr netlist and report: failing endpoints, groups,
+"""accel/timing_paths.py (bench/route_slack.py) on a hand-made nextpnr netlist and report: failing endpoints, groups,
 the start found through the fan-in cone, and the check against nextpnr's worst path."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location("route_slack", Path(__file__).resolve().parents[1] / "bench" / "route_slack.py")
-route_slack = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(route_slack)
+from accel.timing_paths import failing_paths, signal_of
 
 
 def _cell(kind, loc, conns, dirs, params=None):
@@ -43,7 +38,7 @@ def _design():
 
 def test_failing_endpoints_are_grouped_by_signal_with_the_farthest_start():
     routed, nets = _design()
-    r = route_slack.analyse(routed, {"detailed_net_timings": nets, "critical_paths": []}, period_ns=20.0)
+    r = failing_paths(routed, {"detailed_net_timings": nets, "critical_paths": []}, period_ns=20.0)
     assert (r["endpoints"], r["failing_endpoints"], r["groups"]) == (3, 2, 1)
     assert r["worst_ns"] == pytest.approx(23.0) and r["fmax_mhz"] == pytest.approx(1000 / 23.0, abs=0.01)
     g = r["worst_groups"][0]
@@ -55,24 +50,24 @@ def test_failing_endpoints_are_grouped_by_signal_with_the_farthest_start():
 
 def test_a_tighter_clock_fails_more_endpoints():
     routed, nets = _design()
-    r = route_slack.analyse(routed, {"detailed_net_timings": nets}, period_ns=2.0)
+    r = failing_paths(routed, {"detailed_net_timings": nets}, period_ns=2.0)
     assert r["failing_endpoints"] == 3 and r["groups"] == 2
 
 
 def test_nextpnr_worst_path_is_reported_beside_ours():
     routed, nets = _design()
     cp = {"from": "posedge clk", "to": "posedge clk", "path": [{"delay": 0.5}, {"delay": 22.5}]}
-    r = route_slack.analyse(routed, {"detailed_net_timings": nets, "critical_paths": [cp]}, period_ns=20.0)
+    r = failing_paths(routed, {"detailed_net_timings": nets, "critical_paths": [cp]}, period_ns=20.0)
     assert r["nextpnr_worst_ns"] == pytest.approx(r["worst_ns"])
 
 
 def test_a_report_without_net_timings_is_refused():
     with pytest.raises(ValueError, match="--detailed-timing-report"):
-        route_slack.analyse({"modules": {"top": {"cells": {}}}}, {"critical_paths": []}, period_ns=20.0)
+        failing_paths({"modules": {"top": {"cells": {}}}}, {"critical_paths": []}, period_ns=20.0)
 
 
 def test_signal_names_lose_bit_indices_and_packing_suffixes():
-    assert route_slack.signal_of("core.att.o1_0_3_TRELLIS_FF_Q_51") == "core.att.o1"
-    assert route_slack.signal_of("core.att.r_0_0_TRELLIS_FF_Q_16") == "core.att.r"
-    assert route_slack.signal_of("core.ln.state_TRELLIS_FF_Q") == "core.ln.state"
-    assert route_slack.signal_of("core.lin.accmem.0.9_DIA9_LUT4_Z_D") == "core.lin.accmem.0.9"
+    assert signal_of("core.att.o1_0_3_TRELLIS_FF_Q_51") == "core.att.o1"
+    assert signal_of("core.att.r_0_0_TRELLIS_FF_Q_16") == "core.att.r"
+    assert signal_of("core.ln.state_TRELLIS_FF_Q") == "core.ln.state"
+    assert signal_of("core.lin.accmem.0.9_DIA9_LUT4_Z_D") == "core.lin.accmem.0.9"
