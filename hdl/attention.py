@@ -370,11 +370,19 @@ class AttentionKernel(wiring.Component):
         m.d.sync += [k0_v.eq(k_ok), k0_chunk.eq(chunk), k0_key.eq(key), k0_data.eq(kdata)]
         m.d.sync += [k0_q[li].eq(qch[li][0]) for li in range(len(lanes))]
 
-        # multiplier inputs
+        # multiplier inputs: the K or V operands selected into registers, then the products (the
+        # phase bit fans out to every operand multiplexer; with the DSP blocks behind it in one
+        # cycle that was 21.1 ns across the ECP5, bench/route_slack.py)
         vmode = vval[NVS - 1]    # last-stage V beat present (e5 valid for it)
-        m.d.sync += [pv.eq(k0_v), pvv.eq(vmode),
-                     p_chunk.eq(Mux(vmode, vchk[NVS - 1], k0_chunk)),
-                     p_key.eq(Mux(vmode, vkey[NVS - 1], k0_key))]
+        mv, mvv = Signal(), Signal()
+        m_chunk, m_key = Signal.like(chunk), Signal.like(key)
+        m_a = [[Signal(signed(17), name=f"ma_{s}_{h}_{t}") for t in range(TA)] for (s, h) in lanes]
+        m_b = [[Signal(signed(8), name=f"mb_{s}_{h}_{t}") for t in range(TA)] for (s, h) in lanes]
+        m_e = [Signal(16, name=f"me_{s}_{h}") for (s, h) in lanes]
+        m.d.sync += [mv.eq(k0_v), mvv.eq(vmode),
+                     m_chunk.eq(Mux(vmode, vchk[NVS - 1], k0_chunk)),
+                     m_key.eq(Mux(vmode, vkey[NVS - 1], k0_key))]
+        m.d.sync += [pv.eq(mv), pvv.eq(mvv), p_chunk.eq(m_chunk), p_key.eq(m_key)]
         vd5 = vdat[NVS - 1]
         for li, (s, h) in enumerate(lanes):
             qe = elems(k0_q[li], 0, TA)
@@ -382,10 +390,9 @@ class AttentionKernel(wiring.Component):
             ve = elems(vd5, h * TA, TA)
             ea = Cat(e5[li], Const(0, 1)).as_signed()      # e in [0, 2**15]: 17-bit signed
             for t in range(TA):
-                a = Mux(vmode, ea, qe[t])
-                b = Mux(vmode, ve[t], ke[t])
-                m.d.sync += prod[li][t].eq(a * b)
-            m.d.sync += e_at_p[li].eq(e5[li])
+                m.d.sync += [m_a[li][t].eq(Mux(vmode, ea, qe[t])), m_b[li][t].eq(Mux(vmode, ve[t], ke[t]))]
+                m.d.sync += prod[li][t].eq(m_a[li][t] * m_b[li][t])
+            m.d.sync += [m_e[li].eq(e5[li]), e_at_p[li].eq(m_e[li])]
 
         # ================= K path: dot product, chunk accumulation, max, score write ========
         b_val = Signal()
@@ -407,11 +414,11 @@ class AttentionKernel(wiring.Component):
             m.d.comb += [wps[r].addr.eq(c_key), wps[r].en.eq(c_val),
                          wps[r].data.eq(Cat(*[sacc[(r * PQ + l) * H + h] for l in range(PQ) for h in range(H)]))]
         k_busy = Signal()
-        m.d.comb += k_busy.eq(k0_v | pv | b_val | c_val)
+        m.d.comb += k_busy.eq(k0_v | mv | pv | b_val | c_val)
 
         # ================= V path: sum and accumulator chain (stage 6) ======================
         v_busy = Signal()
-        m.d.comb += v_busy.eq(Cat(*vval[:NVS]).any() | pvv)
+        m.d.comb += v_busy.eq(Cat(*vval[:NVS]).any() | mvv | pvv)
 
         # ================= output pipeline (global enable) ==================================
         op_val = Signal()

@@ -29,8 +29,9 @@ from .resources import CostModelError
 __all__ = ["CostModelError", "attention_cycles", "attention_passes", "attention_resources",
            "K_DRAIN", "V_DRAIN", "OUT_LATENCY", "FAMILIES"]
 
-K_DRAIN = 5        # input register, product, dot product, chunk sum, score write/max, phase switch
-V_DRAIN = 9        # score read, D, D*exp_mult, round/shift, split/clamp, table, shift, product, accumulate, switch
+K_DRAIN = 6        # input register, operands, product, dot product, chunk sum, score write/max, phase switch
+V_DRAIN = 10       # score read, D, D*exp_mult, round/shift, split/clamp, table, shift, operands, product,
+                   # accumulate, switch
 OUT_LATENCY = 4    # partial products with the reciprocal, their sum, shift register, rounding/clamp register
 CFG_CYCLES = 1
 FAMILIES = ("xcup", "ecp5")
@@ -134,10 +135,12 @@ def attention_registers(params: AttentionParams) -> int:
             + SB + UB + RB                    # row max, row sum, reciprocal
             + (15 + RB) + (UB + RB - 1)       # divider remainder and divisor
             + TA * 25 + 16 + 8 * TA           # product registers, e beside them, K-stage query chunk
+            + TA * (17 + 8) + 16              # operand registers and e beside them
             + DB + 2 * EB + 8 + 5 + 16 + 16 + 5   # exp pipeline (u, table output and shift registered)
             + (SB + 1) + SB)                  # dot product, chunk sum
     pipes = (7 * (1 + CB + TB + 8 * H * TA)   # V delay line
              + 2 + CB + TB + 2 + CB + TB      # product / K-path tags
+             + 2 + CB + TB                    # operand stage tags
              + 1 + CB + TB + 8 * H * TA       # K input stage (valid, chunk, key, beat)
              + H * TA * _partial_bits(AB, RB) + TB + CB + 2   # output partial products
              + H * TA * (AB + RB + 1) + TB + CB + 2   # output product stage
