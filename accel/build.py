@@ -332,6 +332,79 @@ def _run_tool(step: str, argv: list[str], cwd: Path, env: dict, log: Path, say, 
         raise subprocess.CalledProcessError(proc.returncode, argv)
 
 
+# nextpnr options a placement-only run of the race drops (each writes its own log and placed netlist)
+_RACE_DROP = {"--log": 1, "--textcfg": 1, "--asc": 1, "--report": 1, "--write": 1, "--detailed-timing-report": 0,
+              "--seed": 1, "--quiet": 0}
+_WIRELEN = re.compile(r"wirelen = (\d+)")
+_CLOCK_CONSTRAINT = re.compile(r"Max frequency for clock '([^']+)': [\d.]+ MHz \((?:PASS|FAIL) at ([\d.]+) MHz\)")
+
+
+def _without(argv: list[str], drop: dict[str, int]) -> list[str]:
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in drop:
+            i += 1 + drop[argv[i]]
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def _place_race(argv: list[str], seeds: tuple[int, ...], name: str, cwd: Path, env: dict, say,
+                heartbeat_s: float) -> tuple[list[str], dict]:
+    """Place with every seed at once (one nextpnr per seed, ``--no-route``) and return the argv that
+    routes the placement with the shortest wirelength (``--no-place`` on its placed netlist), with
+    {seed: wirelength}. Routing time and success follow the placement's wirelength on the
+    digits-moe designs (docs/benchmarks.md), and the seed moves it by 10% or more."""
+    base = _without(argv, _RACE_DROP)
+    procs = {}
+    t0 = last = time.monotonic()
+    try:
+        for sd in seeds:
+            log = cwd / f"{name}.place{sd}.tim"
+            args = [*base, "--no-route", "--seed", str(sd), "--log", log.name, "--write", f"{name}_placed{sd}.json"]
+            procs[sd] = (subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.STDOUT), log)
+        while any(p.poll() is None for p, _ in procs.values()):
+            time.sleep(0.2)
+            now = time.monotonic()
+            if now - last >= heartbeat_s:
+                last = now
+                say(f"  place_and_route: {now - t0:.0f} s placing seeds " + "; ".join(
+                    f"{sd}: {_tail(log, 1).strip()[:60]}" for sd, (_, log) in procs.items()))
+    except BaseException:
+        for p, _ in procs.values():
+            p.kill()
+            p.wait()
+        raise
+    wirelength = {}
+    for sd, (p, log) in procs.items():
+        if p.returncode:
+            raise subprocess.CalledProcessError(p.returncode, [*base, "--seed", str(sd)])
+        found = _WIRELEN.findall(log.read_text(errors="replace"))
+        if found:
+            wirelength[sd] = int(found[-1])
+    if not wirelength:
+        raise BuildError(f"step place_and_route: no placement log of seeds {list(seeds)} reports a wirelength "
+                         f"(logs {name}.place*.tim in {cwd})")
+    best = min(wirelength, key=wirelength.get)
+    say(f"  place_and_route: wirelength by seed {wirelength}; routing seed {best}'s placement")
+    route = list(argv)
+    j = route.index("--json")
+    route[j + 1] = f"{name}_placed{best}.json"
+    route.append("--no-place")
+    # a placed netlist loses the clock constraints nextpnr derived through the PLL (it re-derives
+    # 12 MHz for a 50 MHz ULX3S clock): the routing run gets the placement run's as LPF lines
+    derived = _CLOCK_CONSTRAINT.findall(procs[best][1].read_text(errors="replace"))
+    if "--lpf" in route and derived:
+        k = route.index("--lpf")
+        lpf = cwd / route[k + 1]
+        extra = "".join(f'FREQUENCY NET "{net}" {mhz} MHz;\n' for net, mhz in dict(derived).items())
+        (cwd / f"{name}_route.lpf").write_text(lpf.read_text().rstrip("\n") + "\n" + extra)
+        route[k + 1] = f"{name}_route.lpf"
+    return _without(route, {"--seed": 1}), wirelength
+
+
 def _probe_multipliers(muls, name: str, build_dir: Path, env: dict, say, heartbeat_s: float):
     """The products as synthesis's DSP mapping will see them (accel.multipliers.probe_script),
     from a short Yosys run on the elaborated RTLIL in ``build_dir``."""
@@ -351,7 +424,8 @@ def _probe_multipliers(muls, name: str, build_dir: Path, env: dict, say, heartbe
 def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Callable[[str], None] | None = None,
               env: dict[str, str] | None = None, name: str = "top", check_fit_after_synthesis: bool = True,
               dsp: bool = True, heartbeat_s: float = 20.0, dsp_budget: int | None = None,
-              timing_driven: bool = False, seed: int | None = None, timing_paths: bool = False) -> BuildResult:
+              timing_driven: bool = False, seed: int | None = None, timing_paths: bool = False,
+              race_seeds: tuple[int, ...] = ()) -> BuildResult:
     """Steps elaborate .. report (without the model's predictions) for an elaboratable ``top``
     on ``board``; the plan, logs and bitstream go to ``build_dir``. ``dsp=False``: multipliers in
     LUTs (Yosys ``-nodsp`` on ECP5; iCE40 then synthesizes without ``-dsp``). With DSPs, products
@@ -361,7 +435,17 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     random seed (its placement, and so its wirelength and routing time, changes with it).
     ``timing_paths``: nextpnr also writes its per-endpoint arrivals and the routed netlist
     (``{name}_routed.json``, about 150 MB on digits-moe), and the result lists every endpoint
-    that misses the clock, grouped by signal (accel.timing_paths; ECP5)."""
+    that misses the clock, grouped by signal (accel.timing_paths; ECP5). ``race_seeds``: place
+    with each of these seeds at once (one process each) and route the placement with the
+    shortest wirelength (instead of ``seed``)."""
+    race_seeds = tuple(race_seeds)
+    for sd in race_seeds:
+        if isinstance(sd, bool) or not isinstance(sd, int) or not 0 <= sd < 2 ** 31:
+            raise AccelError(f"race_seeds={race_seeds!r}: each seed must be an integer in [0, 2**31)")
+    if len(race_seeds) == 1 or len(set(race_seeds)) != len(race_seeds):
+        raise AccelError(f"race_seeds={race_seeds!r}: race two or more different seeds (or pass one as seed)")
+    if race_seeds and seed is not None:
+        raise AccelError(f"seed={seed!r} and race_seeds={race_seeds!r}: pass one or the other")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 31):
         raise AccelError(f"seed={seed!r}: pass nextpnr's seed as an integer in [0, 2**31) (or None for its default)")
     board = board if isinstance(board, Board) else load_board(board)
@@ -417,6 +501,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     end(0, t, detail)
 
     synth_counts: dict[str, int] = {}
+    race: dict = {}
     for argv in commands:
         tool = argv[0]
         step = _STEP_OF_TOOL.get(tool)
@@ -429,7 +514,10 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
         log = build_dir / f"{name}.{step}.log"
         watch = build_dir / f"{name}.tim" if step == "place_and_route" else (build_dir / f"{name}.rpt")
         try:
-            _run_tool(step, [exe, *argv[1:]], build_dir, env, log, say, heartbeat_s, watch)
+            run_argv = [exe, *argv[1:]]
+            if step == "place_and_route" and race_seeds:
+                run_argv, race = _place_race(run_argv, race_seeds, name, build_dir, env, say, heartbeat_s)
+            _run_tool(step, run_argv, build_dir, env, log, say, heartbeat_s, watch)
         except subprocess.CalledProcessError:
             tool_log = watch if watch.exists() else log
             text = log.read_text(errors="replace") + (tool_log.read_text(errors="replace") if tool_log != log else "")
@@ -473,6 +561,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
                        timing_met=timing_met, critical_paths=parsed["critical_paths"], clock_mhz=clock,
                        extra={"multipliers": mul_plan.to_json() if mul_plan is not None else {"dsp": False},
                               "timing_driven": timing_driven, "nextpnr_seed": seed,
+                              **({"placement_race": {"wirelength_by_seed": race, "routed_seed": min(race, key=race.get)}}
+                                 if race else {}),
                               **({"timing_paths": paths} if paths is not None else {})})
 
 
@@ -565,7 +655,7 @@ def _sync_fmax(fmax: dict) -> tuple[str, dict] | None:
 def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out: str | Path = "build/bitstream",
                 params: str | Path | None = None, *, image: int = 0, dsp: bool = True, dsp_budget: int | None = None,
                 clock_mhz: float | None = None, timing_driven: bool = False, seed: int | None = None,
-                timing_paths: bool = False, progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
+                timing_paths: bool = False, race_seeds: tuple[int, ...] = (), progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
     """The whole flow for a model: the design (``params`` file or the search), the compiled memory
     image with evaluation image ``image``'s patches in place, the board top, the bitstream, and
     ``out/report.json``. Returns the report. ``clock_mhz``: build the design for this clock
@@ -620,7 +710,8 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     top = BoardTop(tp, words, comp.program_offset, clock_mhz=design.clock_mhz)
     t_prepare = round(time.perf_counter() - t_all, 2)
     res = build_top(top, board, out / "gateware", progress=say, dsp=dsp, dsp_budget=dsp_budget,
-                    heartbeat_s=heartbeat_s, timing_driven=timing_driven, seed=seed, timing_paths=timing_paths)
+                    heartbeat_s=heartbeat_s, timing_driven=timing_driven, seed=seed, timing_paths=timing_paths,
+                    race_seeds=race_seeds)
 
     achieved = _sync_fmax(res.fmax)
     fmax_sync = achieved[1]["achieved_mhz"] if achieved else None

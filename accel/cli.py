@@ -15,6 +15,23 @@ from accel.run import jsonable
 
 DEFAULT_MODEL = "digits-moe"
 DEFAULT_BOARD = "ulx3s-85f"
+# two placements at once (the build machines have 2 cores); the seed moves the wirelength by 10%
+# and more, and whether and how fast router2 finishes follows it (docs/benchmarks.md)
+DEFAULT_RACE_SEEDS = (1, 2)
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    """--race-seeds: 'none' or comma-separated integers in [0, 2**31), at least two, all different."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        seeds = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integer seeds, e.g. 1,2 (or none)") from None
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or not all(0 <= sd < 2 ** 31 for sd in seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: race two or more different seeds in [0, 2**31), e.g. 1,2 "
+                                         "(or none)")
+    return seeds
 
 
 def _progress(enabled: bool):
@@ -263,7 +280,7 @@ def cmd_run(args) -> dict:
     skip = tuple(s for s, off in (("simulate", args.no_sim), ("build", args.no_build)) if off)
     cfg = RunConfig(model=args.model, board=args.board, out=Path(args.out), images=args.images,
                     stalls=not args.no_stalls, skip=skip, stop_after=args.stop_after, parallel=not args.serial,
-                    nextpnr_seed=args.seed)
+                    nextpnr_seed=args.seed, race_seeds=args.race_seeds)
     rep = run(cfg, progress=_progress(True))
     if not args.json:
         out = Path(rep["report_dir"])
@@ -347,6 +364,7 @@ def cmd_build(args) -> dict:
     res = build_model(args.board, args.model, args.out, params=args.params, dsp=not args.no_dsp,
                       dsp_budget=args.dsp_budget, clock_mhz=args.clock_mhz, timing_driven=args.timing_driven,
                       seed=args.seed, timing_paths=args.timing_paths,
+                      race_seeds=() if args.seed is not None else args.race_seeds,
                       progress=_progress(True))
     if not args.json:
         p = res["predicted"]
@@ -476,7 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timing-driven placement and routing (on the digits-moe accelerator it routed one netlist "
                         "at 36.2 MHz against 34.3 without, and diverged on the current one)")
     p.add_argument("--seed", type=int, default=None, metavar="N",
-                   help="nextpnr's random seed: another placement (wirelength and routing time vary with it)")
+                   help="nextpnr's random seed: another placement (wirelength and routing time vary with it); "
+                        "no placement race")
+    p.add_argument("--race-seeds", type=_seed_list, default=DEFAULT_RACE_SEEDS, metavar="S,S,...",
+                   help=f"place with each seed at once and route the shortest placement (default: "
+                        f"{','.join(map(str, DEFAULT_RACE_SEEDS))}; "
+                        "'none' for nextpnr's default seed alone)")
     p.add_argument("--timing-paths", action="store_true",
                    help="list every endpoint that misses the clock, grouped by signal, in report.json "
                         "(nextpnr writes its per-endpoint arrivals and the routed netlist, ~150 MB)")
@@ -491,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-build", action="store_true", help="skip the bitstream step")
     p.add_argument("--serial", action="store_true", help="build after the simulation, not beside it")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="nextpnr's seed for the build (accel build --seed)")
+    p.add_argument("--race-seeds", type=_seed_list, default=DEFAULT_RACE_SEEDS, metavar="S,S,...",
+                   help=f"the build's placement race (accel build --race-seeds; default: "
+                        f"{','.join(map(str, DEFAULT_RACE_SEEDS))})")
     p.add_argument("--stop-after", default="report", choices=("evaluate", "search", "generate", "simulate", "build",
                                                                "report"), help="end the run after this step")
     return ap

@@ -52,6 +52,7 @@ class RunConfig:
     stop_after: str = "report"
     parallel: bool = True                # build beside the simulation (2 cores)
     nextpnr_seed: int | None = None      # the build's placement seed (accel build --seed)
+    race_seeds: tuple[int, ...] = (1, 2)  # placed at once, the shortest routed (unless nextpnr_seed is set)
 
     def __post_init__(self):
         if not isinstance(self.images, int) or self.images < 1:
@@ -173,7 +174,7 @@ def step_build(state: RunState, say) -> dict:
     from accel.build import build_model
     c = state.config
     return build_model(c.board, c.model, c.out / "bitstream", params=c.out / "design.json", seed=c.nextpnr_seed,
-                       progress=say)
+                       race_seeds=() if c.nextpnr_seed is not None else c.race_seeds, progress=say)
 
 
 def step_report(state: RunState, say) -> dict:

@@ -9,6 +9,7 @@ One real build: the board top with the stand-in core on the ULX3S 85F through Yo
 nextpnr-ecp5 and ecppack (about 35-60 s on two cores). Its folder is under the repository's
 build/ (YoWASP tools do not see pytest's /tmp).
 """
+import argparse
 import gc
 import json
 import os
@@ -208,7 +209,7 @@ def test_real_build_ulx3s_stand_in():
     top = BoardTop(None, words, 0, core=CopyCore(), clock_mhz=50)
     said = []
     res = build_top(top, "ulx3s-85f", REPO / "build" / "test_build" / "ulx3s-85f", progress=said.append,
-                    timing_paths=True)
+                    timing_paths=True, race_seeds=(1, 2))
     assert Path(res.bitstream).name == "top.bit" and Path(res.bitstream).stat().st_size > 100_000
     assert top.pll is not None and top.pll.fout_mhz == 50
     clk = res.fmax["clk"]
@@ -229,6 +230,11 @@ def test_real_build_ulx3s_stand_in():
     assert tp["worst_ns"] == pytest.approx(tp["nextpnr_worst_ns"], abs=0.01)
     assert tp["worst_ns"] == pytest.approx(1000.0 / clk["achieved_mhz"], rel=0.01)
     assert (tp["failing_endpoints"] > 0) == (not res.timing_met)
+    # the placement race: both seeds placed, the shorter placement routed
+    race = doc["placement_race"]
+    assert set(race["wirelength_by_seed"]) == {1, 2} and all(w > 0 for w in race["wirelength_by_seed"].values())
+    assert race["wirelength_by_seed"][race["routed_seed"]] == min(race["wirelength_by_seed"].values())
+    assert any("routing seed" in s for s in said)
 
 
 # ------------------------------------------------------------------------------ the model flow's report
@@ -279,7 +285,7 @@ def test_run_builds_beside_the_simulation(monkeypatch, tmp_path, capsys):
         return _fake_build_top(top, board, build_dir, **kw)
     monkeypatch.setattr(build, "build_top", fake)
     assert main(["run", "--out", str(tmp_path), "--images", "1", "--seed", "3", "--json"]) == 0
-    assert seen["seed"] == 3
+    assert seen["seed"] == 3 and seen["race_seeds"] == ()
     out = capsys.readouterr()
     rep = json.loads(out.out)
     assert rep["steps_skipped"] == [] and rep["bit_exact"]
@@ -308,8 +314,17 @@ def test_build_clock_override_timing_driven_flag_and_seed(monkeypatch, tmp_path)
     assert seen["clock"] == 35.0 and seen["timing_driven"] is False and rep["params"]["clock_mhz"] == 35.0
     assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "b"), "--timing-driven", "--json"]) == 0
     assert seen["clock"] == 50.0 and seen["timing_driven"] is True and seen["seed"] is None
+    assert seen["race_seeds"] == (1, 2)        # the default: two placements, the shorter routed
     assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "s"), "--seed", "7", "--json"]) == 0
-    assert seen["seed"] == 7 and seen["timing_paths"] is False
+    assert seen["seed"] == 7 and seen["timing_paths"] is False and seen["race_seeds"] == ()
+    assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "r"), "--race-seeds", "3,5", "--json"]) == 0
+    assert seen["seed"] is None and seen["race_seeds"] == (3, 5)
+    assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "n"), "--race-seeds", "none", "--json"]) == 0
+    assert seen["race_seeds"] == ()
+    with pytest.raises(AccelError, match=r"race_seeds=\(4,\): race two or more different seeds"):
+        build_top(None, "ulx3s-85f", tmp_path / "t", race_seeds=(4,))
+    with pytest.raises(AccelError, match=r"seed=1 and race_seeds=\(1, 2\): pass one or the other"):
+        build_top(None, "ulx3s-85f", tmp_path / "t", seed=1, race_seeds=(1, 2))
     assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "p"), "--timing-paths", "--json"]) == 0
     assert seen["timing_paths"] is True
     with pytest.raises(AccelError, match=r"seed=-1: pass nextpnr's seed as an integer in \[0, 2\*\*31\)"):
@@ -317,3 +332,11 @@ def test_build_clock_override_timing_driven_flag_and_seed(monkeypatch, tmp_path)
     with pytest.raises(AccelError, match=r"clock_mhz=0: pass the accelerator clock in MHz, a number > 0"):
         build.build_model("ulx3s-85f", "digits-moe", tmp_path / "c", clock_mhz=0)
     gc.collect()
+
+
+def test_race_seed_list_parsing():
+    from accel.cli import _seed_list
+    assert _seed_list("1,2") == (1, 2) and _seed_list("none") == ()
+    for bad, why in (("1", "race two or more"), ("2,2", "race two or more"), ("a,b", "comma-separated integer")):
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            _seed_list(bad)
