@@ -441,19 +441,35 @@ class AccelTop(wiring.Component):
         # kernel input ports
         port_ready = {}
 
+        BEAT_WORDS = P.beat_words
+
         def feed(port_id, stream, fill):
-            # a skid buffer in front of every unit: the unit's valid and payload come from
-            # flip-flops, and the packer sees the buffer's registered ``ready``, not the unit's
-            # handshake logic across the chip (on the ECP5 the wires from the beat FIFO's head to a
-            # far unit were the longest paths: 8 ns into the attention operands (build s8b), 11 +
-            # 10 ns into the attention control (build seed4))
+            # a register stage in front of every unit whose ``ready`` towards the packer is a
+            # flip-flop: the unit's valid and payload come from flip-flops, and the packer never
+            # sees the unit's handshake logic across the chip (on the ECP5 the wires from the beat
+            # FIFO's head to a far unit were the longest paths: 8 ns into the attention operands,
+            # 11 + 10 ns into its control). A beat of two or more words arrives at most every
+            # second cycle (the read port brings one word a cycle), so one register that takes a
+            # beat only when empty loses nothing; one-word beats get a skid buffer (two registers)
+            # to keep one beat a cycle. One register, not two, on the wide buses saves their
+            # routing: every payload bit has one sink per port.
             name = PORT.NAMES[port_id]
             nxt = Signal(stream.payload.shape(), name=f"{name}_next")
             fill(nxt)
-            sk = m.submodules[f"{name}_in"] = SkidBuffer(stream.payload.shape())
-            m.d.comb += [sk.i.valid.eq(out_port[port_id]), sk.i.payload.eq(nxt)]
-            wiring.connect(m, sk.o, stream)
-            port_ready[port_id] = sk.i.ready
+            if BEAT_WORDS[port_id] <= 1:
+                sk = m.submodules[f"{name}_in"] = SkidBuffer(stream.payload.shape())
+                m.d.comb += [sk.i.valid.eq(out_port[port_id]), sk.i.payload.eq(nxt)]
+                wiring.connect(m, sk.o, stream)
+                port_ready[port_id] = sk.i.ready
+                return
+            held = Signal(stream.payload.shape(), name=f"{name}_held")
+            held_v = Signal(name=f"{name}_valid")
+            m.d.comb += [stream.valid.eq(held_v), stream.payload.eq(held)]
+            with m.If(~held_v):
+                m.d.sync += [held.eq(nxt), held_v.eq(out_port[port_id])]
+            with m.Elif(stream.ready):
+                m.d.sync += held_v.eq(0)
+            port_ready[port_id] = ~held_v
 
         def raw(p):
             m.d.comb += p.as_value().eq(out_words[:len(p.as_value())])
