@@ -350,19 +350,25 @@ def _without(argv: list[str], drop: dict[str, int]) -> list[str]:
     return out
 
 
-def _place_race(argv: list[str], seeds: tuple[int, ...], name: str, cwd: Path, env: dict, say,
+def _seed_label(seed: int | None) -> str:
+    return "default" if seed is None else str(seed)
+
+
+def _place_race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, env: dict, say,
                 heartbeat_s: float) -> tuple[list[str], dict]:
-    """Place with every seed at once (one nextpnr per seed, ``--no-route``) and return the argv that
-    routes the placement with the shortest wirelength (``--no-place`` on its placed netlist), with
-    {seed: wirelength}. Routing time and success follow the placement's wirelength on the
-    digits-moe designs (docs/benchmarks.md), and the seed moves it by 10% or more."""
+    """Place with every seed at once (one nextpnr per seed, ``--no-route``; None: nextpnr's own
+    default seed) and return the argv that routes the placement with the shortest wirelength
+    (``--no-place`` on its placed netlist), with {seed label: wirelength}. Routing time and success
+    follow the placement's wirelength on the digits-moe designs (docs/benchmarks.md), and the seed
+    moves it by 10% or more."""
     base = _without(argv, _RACE_DROP)
     procs = {}
     t0 = last = time.monotonic()
     try:
-        for sd in seeds:
-            log = cwd / f"{name}.place{sd}.tim"
-            args = [*base, "--no-route", "--seed", str(sd), "--log", log.name, "--write", f"{name}_placed{sd}.json"]
+        for sd in map(_seed_label, seeds):
+            log = cwd / f"{name}.place_{sd}.tim"
+            args = [*base, "--no-route", *([] if sd == "default" else ["--seed", sd]), "--log", log.name,
+                    "--write", f"{name}_placed_{sd}.json"]
             procs[sd] = (subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.STDOUT), log)
         while any(p.poll() is None for p, _ in procs.values()):
@@ -380,18 +386,18 @@ def _place_race(argv: list[str], seeds: tuple[int, ...], name: str, cwd: Path, e
     wirelength = {}
     for sd, (p, log) in procs.items():
         if p.returncode:
-            raise subprocess.CalledProcessError(p.returncode, [*base, "--seed", str(sd)])
+            raise subprocess.CalledProcessError(p.returncode, [*base, "--seed", sd])
         found = _WIRELEN.findall(log.read_text(errors="replace"))
         if found:
             wirelength[sd] = int(found[-1])
     if not wirelength:
-        raise BuildError(f"step place_and_route: no placement log of seeds {list(seeds)} reports a wirelength "
-                         f"(logs {name}.place*.tim in {cwd})")
+        raise BuildError(f"step place_and_route: no placement log of seeds {list(procs)} reports a wirelength "
+                         f"(logs {name}.place_*.tim in {cwd})")
     best = min(wirelength, key=wirelength.get)
     say(f"  place_and_route: wirelength by seed {wirelength}; routing seed {best}'s placement")
     route = list(argv)
     j = route.index("--json")
-    route[j + 1] = f"{name}_placed{best}.json"
+    route[j + 1] = f"{name}_placed_{best}.json"
     route.append("--no-place")
     # a placed netlist loses the clock constraints nextpnr derived through the PLL (it re-derives
     # 12 MHz for a 50 MHz ULX3S clock): the routing run gets the placement run's as LPF lines
@@ -425,7 +431,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
               env: dict[str, str] | None = None, name: str = "top", check_fit_after_synthesis: bool = True,
               dsp: bool = True, heartbeat_s: float = 20.0, dsp_budget: int | None = None,
               timing_driven: bool = False, seed: int | None = None, timing_paths: bool = False,
-              race_seeds: tuple[int, ...] = ()) -> BuildResult:
+              race_seeds: tuple[int | None, ...] = ()) -> BuildResult:
     """Steps elaborate .. report (without the model's predictions) for an elaboratable ``top``
     on ``board``; the plan, logs and bitstream go to ``build_dir``. ``dsp=False``: multipliers in
     LUTs (Yosys ``-nodsp`` on ECP5; iCE40 then synthesizes without ``-dsp``). With DSPs, products
@@ -436,12 +442,13 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     ``timing_paths``: nextpnr also writes its per-endpoint arrivals and the routed netlist
     (``{name}_routed.json``, about 150 MB on digits-moe), and the result lists every endpoint
     that misses the clock, grouped by signal (accel.timing_paths; ECP5). ``race_seeds``: place
-    with each of these seeds at once (one process each) and route the placement with the
-    shortest wirelength (instead of ``seed``)."""
+    with each of these seeds at once (one process each; None: nextpnr's default seed) and route the
+    placement with the shortest wirelength (instead of ``seed``)."""
     race_seeds = tuple(race_seeds)
     for sd in race_seeds:
-        if isinstance(sd, bool) or not isinstance(sd, int) or not 0 <= sd < 2 ** 31:
-            raise AccelError(f"race_seeds={race_seeds!r}: each seed must be an integer in [0, 2**31)")
+        if sd is not None and (isinstance(sd, bool) or not isinstance(sd, int) or not 0 <= sd < 2 ** 31):
+            raise AccelError(f"race_seeds={race_seeds!r}: each seed must be an integer in [0, 2**31) or None "
+                             "(nextpnr's default seed)")
     if len(race_seeds) == 1 or len(set(race_seeds)) != len(race_seeds):
         raise AccelError(f"race_seeds={race_seeds!r}: race two or more different seeds (or pass one as seed)")
     if race_seeds and seed is not None:
@@ -561,7 +568,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
                        timing_met=timing_met, critical_paths=parsed["critical_paths"], clock_mhz=clock,
                        extra={"multipliers": mul_plan.to_json() if mul_plan is not None else {"dsp": False},
                               "timing_driven": timing_driven, "nextpnr_seed": seed,
-                              **({"placement_race": {"wirelength_by_seed": race, "routed_seed": min(race, key=race.get)}}
+                              **({"placement_race": {"wirelength_by_seed": race,
+                                                     "routed_seed": min(race, key=race.get)}}
                                  if race else {}),
                               **({"timing_paths": paths} if paths is not None else {})})
 
@@ -655,7 +663,8 @@ def _sync_fmax(fmax: dict) -> tuple[str, dict] | None:
 def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out: str | Path = "build/bitstream",
                 params: str | Path | None = None, *, image: int = 0, dsp: bool = True, dsp_budget: int | None = None,
                 clock_mhz: float | None = None, timing_driven: bool = False, seed: int | None = None,
-                timing_paths: bool = False, race_seeds: tuple[int, ...] = (), progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
+                timing_paths: bool = False, race_seeds: tuple[int | None, ...] = (),
+                progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
     """The whole flow for a model: the design (``params`` file or the search), the compiled memory
     image with evaluation image ``image``'s patches in place, the board top, the bitstream, and
     ``out/report.json``. Returns the report. ``clock_mhz``: build the design for this clock

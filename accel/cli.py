@@ -17,20 +17,22 @@ DEFAULT_MODEL = "digits-moe"
 DEFAULT_BOARD = "ulx3s-85f"
 # two placements at once (the build machines have 2 cores); the seed moves the wirelength by 10%
 # and more, and whether and how fast router2 finishes follows it (docs/benchmarks.md)
-DEFAULT_RACE_SEEDS = (1, 2)
+DEFAULT_RACE_SEEDS = (None, 1)     # None: nextpnr's own default seed
 
 
-def _seed_list(text: str) -> tuple[int, ...]:
-    """--race-seeds: 'none' or comma-separated integers in [0, 2**31), at least two, all different."""
+def _seed_list(text: str) -> tuple[int | None, ...]:
+    """--race-seeds: 'none', or two or more different seeds, comma-separated: integers in
+    [0, 2**31) or 'default' (nextpnr's own default seed)."""
     if text.strip().lower() == "none":
         return ()
     try:
-        seeds = tuple(int(t) for t in text.split(","))
+        seeds = tuple(None if t.strip() == "default" else int(t) for t in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integer seeds, e.g. 1,2 (or none)") from None
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or not all(0 <= sd < 2 ** 31 for sd in seeds):
-        raise argparse.ArgumentTypeError(f"{text!r}: race two or more different seeds in [0, 2**31), e.g. 1,2 "
-                                         "(or none)")
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated seeds, integers or 'default', e.g. "
+                                         "default,1 (or none)") from None
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or not all(sd is None or 0 <= sd < 2 ** 31 for sd in seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: race two or more different seeds (integers in [0, 2**31) or "
+                                         "'default'), e.g. default,1 (or none)")
     return seeds
 
 
@@ -498,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "no placement race")
     p.add_argument("--race-seeds", type=_seed_list, default=DEFAULT_RACE_SEEDS, metavar="S,S,...",
                    help=f"place with each seed at once and route the shortest placement (default: "
-                        f"{','.join(map(str, DEFAULT_RACE_SEEDS))}; "
+                        f"{','.join('default' if sd is None else str(sd) for sd in DEFAULT_RACE_SEEDS)}; "
                         "'none' for nextpnr's default seed alone)")
     p.add_argument("--timing-paths", action="store_true",
                    help="list every endpoint that misses the clock, grouped by signal, in report.json "
@@ -516,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, metavar="N", help="nextpnr's seed for the build (accel build --seed)")
     p.add_argument("--race-seeds", type=_seed_list, default=DEFAULT_RACE_SEEDS, metavar="S,S,...",
                    help=f"the build's placement race (accel build --race-seeds; default: "
-                        f"{','.join(map(str, DEFAULT_RACE_SEEDS))})")
+                        f"{','.join('default' if sd is None else str(sd) for sd in DEFAULT_RACE_SEEDS)})")
     p.add_argument("--stop-after", default="report", choices=("evaluate", "search", "generate", "simulate", "build",
                                                                "report"), help="end the run after this step")
     return ap

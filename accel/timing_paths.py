@@ -3,15 +3,16 @@
 nextpnr prints one critical path per clock, so cutting paths one build at a time (15 minutes a
 build) finds one path per build. With ``--detailed-timing-report`` it also writes, for every net
 that ends at a timing endpoint (flip-flop, block RAM or LUT-RAM write port), the arrival time at
-each of those endpoints: its own static timing analysis, endpoint by endpoint. This script reads
-that and the netlist nextpnr wrote with ``--write`` (``accel build --timing-paths`` asks nextpnr for
-both and puts the groups in report.json; ``bench/route_slack.py`` runs this on any pair), and lists the endpoints that miss the clock, grouped by the HDL signal they end in (bit indices
-and packing suffixes stripped), worst first. The report names no start point, so for each group
-the script walks the endpoint's fan-in cone through the netlist (LUTs, carries, wide muxes,
-LUT-RAM reads, unregistered multipliers) to its start registers and names the start whose path
-is longest in placed distance (Manhattan tiles summed over the path's wires): a geometric guess
-at the critical start, shown with each cell's location. The arrival times are nextpnr's; only the
-choice of start is a guess. ``nextpnr_worst_ns`` beside ``worst_ns`` checks the reading.
+each of those endpoints: its own static timing analysis, endpoint by endpoint. This module reads
+that and the netlist nextpnr wrote with ``--write`` (``accel build --timing-paths`` asks nextpnr
+for both and puts the groups in report.json; ``bench/route_slack.py`` runs this on any pair), and
+lists the endpoints that miss the clock, grouped by the HDL signal they end in (bit indices and
+packing suffixes stripped), worst first. The report names no start point, so for each group the
+module walks the endpoint's fan-in cone through the netlist (LUTs, carries, wide muxes, LUT-RAM
+reads, unregistered multipliers) to its start registers and names the start whose path is longest
+in placed distance (Manhattan tiles summed over the path's wires): a geometric guess at the
+critical start, shown with each cell's location. The arrival times are nextpnr's; only the choice
+of start is a guess. ``nextpnr_worst_ns`` beside ``worst_ns`` checks the reading.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _comb_inputs(cell: dict) -> set[str] | None:
         return {p for p, d in cell["port_directions"].items() if d == "input"}
     if t == "MULT18X18D":
         params = cell.get("parameters", {})
-        if any(str(v).strip() not in ("NONE", "") for k, v in params.items() if k.startswith("REG_") and k.endswith("_CLK")):
+        if any(str(v).strip() not in ("NONE", "") for k, v in params.items()
+               if k.startswith("REG_") and k.endswith("_CLK")):
             return None
         return {p for p, d in cell["port_directions"].items() if d == "input" and re.match(r"^[ABC]\d+$", p)}
     return None

@@ -209,7 +209,7 @@ def test_real_build_ulx3s_stand_in():
     top = BoardTop(None, words, 0, core=CopyCore(), clock_mhz=50)
     said = []
     res = build_top(top, "ulx3s-85f", REPO / "build" / "test_build" / "ulx3s-85f", progress=said.append,
-                    timing_paths=True, race_seeds=(1, 2))
+                    timing_paths=True, race_seeds=(None, 2))
     assert Path(res.bitstream).name == "top.bit" and Path(res.bitstream).stat().st_size > 100_000
     assert top.pll is not None and top.pll.fout_mhz == 50
     clk = res.fmax["clk"]
@@ -232,8 +232,9 @@ def test_real_build_ulx3s_stand_in():
     assert (tp["failing_endpoints"] > 0) == (not res.timing_met)
     # the placement race: both seeds placed, the shorter placement routed
     race = doc["placement_race"]
-    assert set(race["wirelength_by_seed"]) == {1, 2} and all(w > 0 for w in race["wirelength_by_seed"].values())
-    assert race["wirelength_by_seed"][race["routed_seed"]] == min(race["wirelength_by_seed"].values())
+    lengths = race["wirelength_by_seed"]
+    assert set(lengths) == {"default", "2"} and all(w > 0 for w in lengths.values())
+    assert lengths[race["routed_seed"]] == min(lengths.values())
     assert any("routing seed" in s for s in said)
 
 
@@ -314,7 +315,7 @@ def test_build_clock_override_timing_driven_flag_and_seed(monkeypatch, tmp_path)
     assert seen["clock"] == 35.0 and seen["timing_driven"] is False and rep["params"]["clock_mhz"] == 35.0
     assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "b"), "--timing-driven", "--json"]) == 0
     assert seen["clock"] == 50.0 and seen["timing_driven"] is True and seen["seed"] is None
-    assert seen["race_seeds"] == (1, 2)        # the default: two placements, the shorter routed
+    assert seen["race_seeds"] == (None, 1)     # the default: nextpnr's default seed and seed 1, the shorter routed
     assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "s"), "--seed", "7", "--json"]) == 0
     assert seen["seed"] == 7 and seen["timing_paths"] is False and seen["race_seeds"] == ()
     assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "r"), "--race-seeds", "3,5", "--json"]) == 0
@@ -336,7 +337,7 @@ def test_build_clock_override_timing_driven_flag_and_seed(monkeypatch, tmp_path)
 
 def test_race_seed_list_parsing():
     from accel.cli import _seed_list
-    assert _seed_list("1,2") == (1, 2) and _seed_list("none") == ()
-    for bad, why in (("1", "race two or more"), ("2,2", "race two or more"), ("a,b", "comma-separated integer")):
+    assert _seed_list("1,2") == (1, 2) and _seed_list("none") == () and _seed_list("default,3") == (None, 3)
+    for bad, why in (("1", "race two or more"), ("2,2", "race two or more"), ("a,b", "comma-separated seeds")):
         with pytest.raises(argparse.ArgumentTypeError, match=why):
             _seed_list(bad)
