@@ -354,6 +354,13 @@ def _seed_label(seed: int | None) -> str:
     return "default" if seed is None else str(seed)
 
 
+def _race_progress(log: Path) -> str:
+    """A racer's latest wirelength, or its log's last line before the annealing reports one."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    found = _WIRELEN.findall(text)
+    return f"wirelength {found[-1]}" if found else (text.strip().splitlines() or ["starting"])[-1][:60]
+
+
 def _place_race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, env: dict, say,
                 heartbeat_s: float) -> tuple[list[str], dict]:
     """Place with every seed at once (one nextpnr per seed, ``--no-route``; None: nextpnr's own
@@ -377,7 +384,7 @@ def _place_race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: 
             if now - last >= heartbeat_s:
                 last = now
                 say(f"  place_and_route: {now - t0:.0f} s placing seeds " + "; ".join(
-                    f"{sd}: {_tail(log, 1).strip()[:60]}" for sd, (_, log) in procs.items()))
+                    f"{sd}: {_race_progress(log)}" for sd, (_, log) in procs.items()))
     except BaseException:
         for p, _ in procs.values():
             p.kill()

@@ -282,7 +282,7 @@ def cmd_run(args) -> dict:
     skip = tuple(s for s, off in (("simulate", args.no_sim), ("build", args.no_build)) if off)
     cfg = RunConfig(model=args.model, board=args.board, out=Path(args.out), images=args.images,
                     stalls=not args.no_stalls, skip=skip, stop_after=args.stop_after, parallel=not args.serial,
-                    nextpnr_seed=args.seed, race_seeds=args.race_seeds)
+                    nextpnr_seed=args.seed, race_seeds=args.race_seeds, timing_paths=args.timing_paths)
     rep = run(cfg, progress=_progress(True))
     if not args.json:
         out = Path(rep["report_dir"])
@@ -519,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--race-seeds", type=_seed_list, default=DEFAULT_RACE_SEEDS, metavar="S,S,...",
                    help=f"the build's placement race (accel build --race-seeds; default: "
                         f"{','.join('default' if sd is None else str(sd) for sd in DEFAULT_RACE_SEEDS)})")
+    p.add_argument("--timing-paths", action="store_true",
+                   help="the build lists every endpoint that misses the clock (accel build --timing-paths)")
     p.add_argument("--stop-after", default="report", choices=("evaluate", "search", "generate", "simulate", "build",
                                                                "report"), help="end the run after this step")
     return ap

@@ -54,6 +54,7 @@ class RunConfig:
     nextpnr_seed: int | None = None      # the build's placement seed (accel build --seed)
     race_seeds: tuple[int | None, ...] = (None, 1)  # placed at once, the shorter routed (None: nextpnr's
                                                      # default seed; off when nextpnr_seed is set)
+    timing_paths: bool = False           # the build lists every endpoint that misses the clock
 
     def __post_init__(self):
         if not isinstance(self.images, int) or self.images < 1:
@@ -175,7 +176,8 @@ def step_build(state: RunState, say) -> dict:
     from accel.build import build_model
     c = state.config
     return build_model(c.board, c.model, c.out / "bitstream", params=c.out / "design.json", seed=c.nextpnr_seed,
-                       race_seeds=() if c.nextpnr_seed is not None else c.race_seeds, progress=say)
+                       race_seeds=() if c.nextpnr_seed is not None else c.race_seeds,
+                       timing_paths=c.timing_paths, progress=say)
 
 
 def step_report(state: RunState, say) -> dict:

@@ -285,8 +285,8 @@ def test_run_builds_beside_the_simulation(monkeypatch, tmp_path, capsys):
         seen.update(kw)
         return _fake_build_top(top, board, build_dir, **kw)
     monkeypatch.setattr(build, "build_top", fake)
-    assert main(["run", "--out", str(tmp_path), "--images", "1", "--seed", "3", "--json"]) == 0
-    assert seen["seed"] == 3 and seen["race_seeds"] == ()
+    assert main(["run", "--out", str(tmp_path), "--images", "1", "--seed", "3", "--timing-paths", "--json"]) == 0
+    assert seen["seed"] == 3 and seen["race_seeds"] == () and seen["timing_paths"] is True
     out = capsys.readouterr()
     rep = json.loads(out.out)
     assert rep["steps_skipped"] == [] and rep["bit_exact"]
