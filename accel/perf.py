@@ -167,11 +167,8 @@ LUT_PER_DSP = {"ecp5": 170, "ice40": 127}
 # TRELLIS_COMB and 20,938 TRELLIS_FF against the kernels' 29,067 LUT (with the LUT products) and
 # 12,852 FF (without the input stages: 38,878 and 18,295). A constant: designs far from that one
 # carry this error. (It was 11,200 LUT and 5,500 FF, measured on builds whose residual rounding
-# took 4,900 LUT4 more than its model said; the residual model has been refitted since.) FF
-# re-measured on build s15 (2026-12-02: skid buffers behind every unit output and in front of the
-# one-word input ports, the packer's asm register and beat skid, the AXI read skid): Yosys 24,998
-# FF against 23,021 predicted with 8,100 here, so 10,100.
-TOP_OVERHEAD = {"ecp5": {"lut": 9_900, "ff": 10_100, "dsp": 13, "bram": 0}}
+# took 4,900 LUT4 more than its model said; the residual model has been refitted since.)
+TOP_OVERHEAD = {"ecp5": {"lut": 9_900, "ff": 8_100, "dsp": 13, "bram": 0}}
 
 
 def evaluate(cfg: ModelConfig, board: Board, design: Design, *, multipliers_in_luts: bool = False) -> Performance:

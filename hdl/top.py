@@ -40,7 +40,6 @@ from .layernorm import LayerNormParams, LayerNormUnit
 from .linear import LinearKernel, LinearParams
 from .program import INSTR_BYTES, INSTR_WORDS, LIST, MODE, OP, PORT, WMODE, instr_layout
 from .residual import ResidualParams, ResidualUnit
-from .skid import SkidBuffer
 
 __all__ = ["TopParams", "TopParamError", "AccelTop", "generate_verilog", "REG", "STATUS"]
 
@@ -214,20 +213,6 @@ class AccelTop(wiring.Component):
         m.submodules.res = res = ResidualUnit(P.residual)
         m.submodules.gate = gate = GateUnit(P.gate)
 
-        # a skid buffer behind every unit output: the unit's ``ready`` is a flip-flop, not the
-        # writer's state and armed instruction (on the ECP5 those reached the output pipelines'
-        # clock enables across the chip: 25.7 ns into the residual's, 22.6 into the LayerNorm's,
-        # 20-21 into the linear kernel's; bench/route_slack.py on the accel run build)
-        def out_skid(name, port):
-            sk = m.submodules[f"{name}_skid"] = SkidBuffer(port.payload.shape())
-            wiring.connect(m, port, sk.i)
-            return sk.o
-        lin_y = out_skid("lin_y", lin.y_o)
-        att_o = out_skid("att_o", att.o_o)
-        ln_y = out_skid("ln_y", ln.y_o)
-        res_o = out_skid("res_o", res.o_o)
-        gate_r = out_skid("gate_r", gate.r_o)
-
         # ------------------------------------------------------------------ registers
         pc = Signal(32)                      # offset of the next instruction
         taken = Signal(24)                   # output beats taken by the writer since arming
@@ -380,49 +365,40 @@ class AccelTop(wiring.Component):
         pop_word = Signal()
         m.d.sync += credit.eq(credit - Mux(stage, blen, 0) + pop_word)
         axi_err = Signal()
-        # the read data enters through a skid buffer: ``rready`` is a flip-flop and the word FIFO is
-        # written from registers, not from the memory's output multiplexer across the chip (on the
-        # ECP5 the on-chip image's 171 block RAMs -> their bank multiplexer -> the word FIFO's
-        # LUT-RAM write port was 22.7 ns). The words it holds are among those the AR stage
-        # reserved credit for, so the word FIFO still cannot overflow.
-        m.submodules.rwords = rsk = SkidBuffer(unsigned(64))
-        m.d.comb += [M("rready").eq(rsk.i.ready), rsk.i.valid.eq(M("rvalid")), rsk.i.payload.eq(M("rdata")),
-                     dfifo.w_data.eq(rsk.o.payload), dfifo.w_en.eq(rsk.o.valid), rsk.o.ready.eq(dfifo.w_rdy)]
+        m.d.comb += [M("rready").eq(dfifo.w_rdy), dfifo.w_data.eq(M("rdata")), dfifo.w_en.eq(M("rvalid"))]
         m.d.comb += axi_err.eq((M("rvalid") & (M("rresp") != 0)) | (M("bvalid") & (M("bresp") != 0)))
 
-        # packer: gathers a beat's words into ``asm`` (a register beside it), which moves into a
-        # skid buffer whose output registers feed the units' input stages. Every control signal
-        # that leaves the packer's corner is a flip-flop: a unit's input stage reports ``ready``
-        # from a register, the beat's port is decoded on entry (one-hot), and the head beat is the
-        # skid's main register, not a multiplexer of FIFO entries. On the ECP5 the earlier
-        # two-entry FIFO had the packer's word count compare (6 LUT levels) at the clock enable of
-        # the far beat registers (24.6 ns) and its read pointer's 600-bit multiplexer in front of
-        # every input stage (up to 23 ns; bench/route_slack.py on the accel run build).
+        # packer: gathers a beat's words, then queues the beat in a two-entry register FIFO. A unit's
+        # ``ready`` moves only the FIFO's read pointer and count (a few flip-flops): the words sit
+        # still in the entry they were written to, and the packer sees a registered "not full".
+        # On the ECP5 a unit's ready used to reach the word FIFO's read enable and the clock enable
+        # of every packed word, the longest routed path of the design.
         meta_r = Signal(meta_l)
         m.d.comb += meta_r.eq(mfifo.r_data)
         idx = Signal(7)
         buf = [Signal(64, name=f"buf{i}") for i in range(MAXW)]
         merged = [Signal(64, name=f"merged{i}") for i in range(MAXW)]
         NPORT = PORT.INSTR + 1
-        beat_l = data.StructLayout({"words": 64 * MAXW, "meta": meta_l, "port": NPORT})   # port one-hot
-        asm = Signal(beat_l, name="asm")
-        asm_v = Signal(name="asm_valid")
-        m.submodules.beats = bsk = SkidBuffer(beat_l)
+        slot_words = [Signal(64 * MAXW, name=f"beat{k}_words") for k in range(2)]
+        slot_meta = [Signal(meta_l, name=f"beat{k}_meta") for k in range(2)]
+        slot_port = [Signal(NPORT, name=f"beat{k}_port") for k in range(2)]   # one-hot, decoded on entry
+        b_wp, b_rp = Signal(), Signal()
+        b_count = Signal(range(3))
         out_valid = Signal()
         out_words = Signal(64 * MAXW)
         out_meta = Signal(meta_l)
         out_port = Signal(NPORT)
         out_accept = Signal()
-        m.d.comb += [bsk.i.valid.eq(asm_v), bsk.i.payload.eq(asm),
-                     out_valid.eq(bsk.o.valid), out_words.eq(bsk.o.payload.words), out_meta.eq(bsk.o.payload.meta),
-                     out_port.eq(bsk.o.payload.port & out_valid.replicate(NPORT)), bsk.o.ready.eq(out_accept)]
+        m.d.comb += [out_valid.eq(b_count != 0),
+                     out_words.eq(Mux(b_rp, slot_words[1], slot_words[0])),
+                     out_meta.eq(Mux(b_rp, slot_meta[1], slot_meta[0])),
+                     out_port.eq(Mux(b_rp, slot_port[1], slot_port[0]) & out_valid.replicate(NPORT))]
         word = dfifo.r_data
         for i in range(MAXW):
             m.d.comb += merged[i].eq(Mux(idx == i, word, buf[i]))
         idx_next = Signal(7, init=1)         # idx + 1, kept beside it: the compare needs no adder
         complete = idx_next == meta_r.n
-        asm_free = ~asm_v | bsk.i.ready
-        can_take = mfifo.r_rdy & dfifo.r_rdy & (~complete | asm_free)
+        can_take = mfifo.r_rdy & dfifo.r_rdy & (~complete | (b_count != 2))
         beat_in = Signal()
         m.d.comb += [pop_word.eq(can_take), dfifo.r_en.eq(can_take), mfifo.r_en.eq(can_take & complete),
                      beat_in.eq(can_take & complete)]
@@ -432,44 +408,32 @@ class AccelTop(wiring.Component):
                 m.d.sync += [idx.eq(0), idx_next.eq(1)]
             with m.Else():
                 m.d.sync += [idx.eq(idx_next), idx_next.eq(idx_next + 1)]
-        with m.If(beat_in):
-            m.d.sync += [asm.words.eq(Cat(*merged)), asm.meta.eq(meta_r), asm.port.eq(Const(1, NPORT) << meta_r.port),
-                         asm_v.eq(1)]
-        with m.Elif(bsk.i.ready):
-            m.d.sync += asm_v.eq(0)
+        for k in range(2):
+            with m.If(beat_in & (b_wp == k)):
+                m.d.sync += [slot_words[k].eq(Cat(*merged)), slot_meta[k].eq(meta_r),
+                             slot_port[k].eq(Const(1, NPORT) << meta_r.port)]
+        m.d.sync += [b_count.eq(b_count + beat_in - out_accept), b_wp.eq(b_wp ^ beat_in), b_rp.eq(b_rp ^ out_accept)]
 
         # kernel input ports
         port_ready = {}
 
-        BEAT_WORDS = P.beat_words
-
         def feed(port_id, stream, fill):
-            # a register stage in front of every unit whose ``ready`` towards the packer is a
-            # flip-flop: the unit's valid and payload come from flip-flops, and the packer never
-            # sees the unit's handshake logic across the chip (on the ECP5 the wires from the beat
-            # FIFO's head to a far unit were the longest paths: 8 ns into the attention operands,
-            # 11 + 10 ns into its control). A beat of two or more words arrives at most every
-            # second cycle (the read port brings one word a cycle), so one register that takes a
-            # beat only when empty loses nothing; one-word beats get a skid buffer (two registers)
-            # to keep one beat a cycle. One register, not two, on the wide buses saves their
-            # routing: every payload bit has one sink per port.
-            name = PORT.NAMES[port_id]
-            nxt = Signal(stream.payload.shape(), name=f"{name}_next")
+            # one register stage in front of every unit: a unit's valid and payload come from
+            # flip-flops, so the wires from the beat FIFO's head (the read pointer, the port
+            # decode and a 600-bit multiplexer beside the packer) to a unit across the chip end
+            # there, not in the unit's handshake and operand logic. On the ECP5 those wires were
+            # the longest paths: 8 ns into the attention operands (build s8b), 11 + 10 ns into
+            # the attention control (build seed4). The stage loads whenever it is empty or its
+            # unit takes its beat.
+            nxt = Signal(stream.payload.shape(), name=f"{PORT.NAMES[port_id]}_next")
+            held = Signal(stream.payload.shape(), name=f"{PORT.NAMES[port_id]}_held")
+            held_v = Signal(name=f"{PORT.NAMES[port_id]}_valid")
+            room = Signal(name=f"{PORT.NAMES[port_id]}_room")
             fill(nxt)
-            if BEAT_WORDS[port_id] <= 1:
-                sk = m.submodules[f"{name}_in"] = SkidBuffer(stream.payload.shape())
-                m.d.comb += [sk.i.valid.eq(out_port[port_id]), sk.i.payload.eq(nxt)]
-                wiring.connect(m, sk.o, stream)
-                port_ready[port_id] = sk.i.ready
-                return
-            held = Signal(stream.payload.shape(), name=f"{name}_held")
-            held_v = Signal(name=f"{name}_valid")
-            m.d.comb += [stream.valid.eq(held_v), stream.payload.eq(held)]
-            with m.If(~held_v):
+            m.d.comb += [room.eq(~held_v | stream.ready), stream.valid.eq(held_v), stream.payload.eq(held)]
+            with m.If(room):
                 m.d.sync += [held.eq(nxt), held_v.eq(out_port[port_id])]
-            with m.Elif(stream.ready):
-                m.d.sync += held_v.eq(0)
-            port_ready[port_id] = ~held_v
+            port_ready[port_id] = room
 
         def raw(p):
             m.d.comb += p.as_value().eq(out_words[:len(p.as_value())])
@@ -752,9 +716,9 @@ class AccelTop(wiring.Component):
             m.d.sync += [fresh.eq(loaded), off.eq(off_lo + (off_hi << h) + off_col)]
             return valid & ~fresh, pay, off, take
 
-        ly_valid, ly, ly_off, ly_take = offset_slice(lin_y, lin_y.payload.tok, lin_y.payload.tile,
+        ly_valid, ly, ly_off, ly_take = offset_slice(lin.y_o, lin.y_o.payload.tok, lin.y_o.payload.tile,
                                                      WMODE.LIN, "lin_out")
-        ao_valid, ao, ao_off, ao_take = offset_slice(att_o, att_o.payload.tok, att_o.payload.chunk,
+        ao_valid, ao, ao_off, ao_take = offset_slice(att.o_o, att.o_o.payload.tok, att.o_o.payload.chunk,
                                                      WMODE.ATT, "att_out")
 
         with m.FSM(name="writer"):
@@ -775,7 +739,7 @@ class AccelTop(wiring.Component):
                                          w_hw.eq(255), w_hi.eq(0), taken.eq(taken + 1)]
                             m.next = "EMIT"
                     with m.Case(WMODE.ROWS):
-                        src = [ln_y, res_o]
+                        src = [ln.y_o, res.o_o]
                         for k, s in enumerate(src):
                             with m.If(wins.port == k):
                                 nb = len(s.payload.as_value()) - 1
@@ -798,9 +762,9 @@ class AccelTop(wiring.Component):
                                          w_hi.eq(0), taken.eq(taken + 1)]
                             m.next = "EMIT"
                     with m.Case(WMODE.GATE):
-                        m.d.comb += gate_r.ready.eq(1)
-                        with m.If(gate_r.valid):
-                            m.d.sync += [g_beat.eq(gate_r.payload), g_s.eq(0), taken.eq(taken + 1)]
+                        m.d.comb += gate.r_o.ready.eq(1)
+                        with m.If(gate.r_o.valid):
+                            m.d.sync += [g_beat.eq(gate.r_o.payload), g_s.eq(0), taken.eq(taken + 1)]
                             m.next = "QUEUE"
             with m.State("EMIT"):
                 m.d.comb += w_busy.eq(1)
