@@ -17,7 +17,6 @@ of start is a guess. ``nextpnr_worst_ns`` beside ``worst_ns`` checks the reading
 from __future__ import annotations
 
 import re
-import sys
 
 __all__ = ["failing_paths", "signal_of"]
 
@@ -87,28 +86,44 @@ def failing_paths(routed: dict, report: dict, period_ns: float, top_n: int = 20,
         return 0 if la is None or lb is None else abs(la[0] - lb[0]) + abs(la[1] - lb[1])
 
     reach: dict[str, tuple[int, str | None]] = {}     # cell -> (longest placed distance from a start, previous)
-    sys.setrecursionlimit(max(10000, sys.getrecursionlimit()))
 
-    def span(cell):
-        if cell in reach:
-            return reach[cell][0]
-        ins = comb.get(cell)
-        if not ins:
-            reach[cell] = (0, None)
-            return 0
-        reach[cell] = (0, None)       # guards a combinational loop
-        best, prev = 0, None
+    def drivers(cell):
         c = cells[cell]
-        for port in ins:
+        for port in comb.get(cell) or ():
             for b in c.get("connections", {}).get(port, ()):
                 d = driver_of.get(b) if isinstance(b, int) else None
-                if d is None or d in _CONSTANTS:
-                    continue
-                v = span(d) + dist(d, cell)
+                if d is not None and d not in _CONSTANTS:
+                    yield d
+
+    def span(cell):
+        """Longest placed distance from a start register to ``cell`` (iterative depth-first walk;
+        a combinational loop is cut where the walk meets a cell it is still inside)."""
+        stack = [cell]
+        while stack:
+            cur = stack[-1]
+            if cur in reach:
+                stack.pop()
+                continue
+            if not comb.get(cur):
+                reach[cur] = (0, None)
+                stack.pop()
+                continue
+            pending = [d for d in drivers(cur) if d not in reach and d not in on_stack]
+            if pending:
+                on_stack.add(cur)
+                stack.extend(pending)
+                continue
+            best, prev = 0, None
+            for d in drivers(cur):
+                v = reach.get(d, (0, None))[0] + dist(d, cur)
                 if prev is None or v > best:
                     best, prev = v, d
-        reach[cell] = (best, prev)
-        return best
+            reach[cur] = (best, prev)
+            on_stack.discard(cur)
+            stack.pop()
+        return reach[cell][0]
+
+    on_stack: set[str] = set()
 
     def path_to(endpoint, driver):
         chain = [endpoint]

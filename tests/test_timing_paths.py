@@ -71,3 +71,12 @@ def test_signal_names_lose_bit_indices_and_packing_suffixes():
     assert signal_of("core.att.r_0_0_TRELLIS_FF_Q_16") == "core.att.r"
     assert signal_of("core.ln.state_TRELLIS_FF_Q") == "core.ln.state"
     assert signal_of("core.lin.accmem.0.9_DIA9_LUT4_Z_D") == "core.lin.accmem.0.9"
+
+
+def test_a_combinational_loop_ends_the_walk():
+    cells = {"f": _ff((1, 1), 90, 10), "l1": _lut((5, 1), 10, 12, 11), "l2": _lut((9, 1), 11, 10, 12),
+             "g": _ff((10, 1), 12, 13)}
+    nets = [_net("l2", "F", ("g", "DI", 25.0))]
+    r = failing_paths({"modules": {"top": {"cells": cells}}}, {"detailed_net_timings": nets}, period_ns=20.0)
+    g = r["worst_groups"][0]
+    assert r["failing_endpoints"] == 1 and g["path"][0]["cell"] == "f" and g["path"][-1]["cell"] == "g"
