@@ -17,7 +17,10 @@ DEFAULT_MODEL = "digits-moe"
 DEFAULT_BOARD = "ulx3s-85f"
 # two placements at once (the build machines have 2 cores); the seed moves the wirelength by 10%
 # and more, and whether and how fast router2 finishes follows it (docs/benchmarks.md)
-DEFAULT_RACE_SEEDS = (None, 1)     # None: nextpnr's own default seed
+# Off by default: on the run design the race's routing run (--no-place on the placed netlist) did
+# not converge where the one-step flow on the same placement routed at iteration 42 (router2
+# behaves differently on a reloaded netlist; docs/benchmarks.md). --race-seeds default,1 asks.
+DEFAULT_RACE_SEEDS: tuple[int | None, ...] = ()
 
 
 def _seed_list(text: str) -> tuple[int | None, ...]:
@@ -499,9 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nextpnr's random seed: another placement (wirelength and routing time vary with it); "
                         "no placement race")
     p.add_argument("--race-seeds", type=_seed_list, default=DEFAULT_RACE_SEEDS, metavar="S,S,...",
-                   help=f"place with each seed at once and route the shortest placement (default: "
-                        f"{','.join('default' if sd is None else str(sd) for sd in DEFAULT_RACE_SEEDS)}; "
-                        "'none' for nextpnr's default seed alone)")
+                   help="place with each seed at once and route the shortest placement, e.g. default,1 "
+                        "('default': nextpnr's own seed; default: none, one placement)")
     p.add_argument("--timing-paths", action="store_true",
                    help="list every endpoint that misses the clock, grouped by signal, in report.json "
                         "(nextpnr writes its per-endpoint arrivals and the routed netlist, ~150 MB)")
@@ -517,8 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serial", action="store_true", help="build after the simulation, not beside it")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="nextpnr's seed for the build (accel build --seed)")
     p.add_argument("--race-seeds", type=_seed_list, default=DEFAULT_RACE_SEEDS, metavar="S,S,...",
-                   help=f"the build's placement race (accel build --race-seeds; default: "
-                        f"{','.join('default' if sd is None else str(sd) for sd in DEFAULT_RACE_SEEDS)})")
+                   help="the build's placement race (accel build --race-seeds; default: none)")
     p.add_argument("--timing-paths", action="store_true",
                    help="the build lists every endpoint that misses the clock (accel build --timing-paths)")
     p.add_argument("--stop-after", default="report", choices=("evaluate", "search", "generate", "simulate", "build",

@@ -52,8 +52,8 @@ class RunConfig:
     stop_after: str = "report"
     parallel: bool = True                # build beside the simulation (2 cores)
     nextpnr_seed: int | None = None      # the build's placement seed (accel build --seed)
-    race_seeds: tuple[int | None, ...] = (None, 1)  # placed at once, the shorter routed (None: nextpnr's
-                                                     # default seed; off when nextpnr_seed is set)
+    race_seeds: tuple[int | None, ...] = ()  # placed at once, the shorter routed (None: nextpnr's default
+                                             # seed; off when nextpnr_seed is set; accel build --race-seeds)
     timing_paths: bool = False           # the build lists every endpoint that misses the clock
 
     def __post_init__(self):

@@ -315,7 +315,7 @@ def test_build_clock_override_timing_driven_flag_and_seed(monkeypatch, tmp_path)
     assert seen["clock"] == 35.0 and seen["timing_driven"] is False and rep["params"]["clock_mhz"] == 35.0
     assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "b"), "--timing-driven", "--json"]) == 0
     assert seen["clock"] == 50.0 and seen["timing_driven"] is True and seen["seed"] is None
-    assert seen["race_seeds"] == (None, 1)     # the default: nextpnr's default seed and seed 1, the shorter routed
+    assert seen["race_seeds"] == ()            # the default: one placement (the race is asked for)
     assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "s"), "--seed", "7", "--json"]) == 0
     assert seen["seed"] == 7 and seen["timing_paths"] is False and seen["race_seeds"] == ()
     assert main(["build", "--model", "digits-moe", "--out", str(tmp_path / "r"), "--race-seeds", "3,5", "--json"]) == 0
