@@ -15,9 +15,7 @@ from accel.run import jsonable
 
 DEFAULT_MODEL = "digits-moe"
 DEFAULT_BOARD = "ulx3s-85f"
-# two placements at once (the build machines have 2 cores); the seed moves the wirelength by 10%
-# and more, and whether and how fast router2 finishes follows it (docs/benchmarks.md)
-# Off by default: on the run design the race's routing run (--no-place on the placed netlist) did
+# The placement race (--race-seeds) is off by default: on the run design the race's routing run (--no-place on the placed netlist) did
 # not converge where the one-step flow on the same placement routed at iteration 42 (router2
 # behaves differently on a reloaded netlist; docs/benchmarks.md). --race-seeds default,1 asks.
 DEFAULT_RACE_SEEDS: tuple[int | None, ...] = ()
@@ -369,7 +367,7 @@ def cmd_build(args) -> dict:
     res = build_model(args.board, args.model, args.out, params=args.params, dsp=not args.no_dsp,
                       dsp_budget=args.dsp_budget, clock_mhz=args.clock_mhz, timing_driven=args.timing_driven,
                       seed=args.seed, timing_paths=args.timing_paths,
-                      race_seeds=() if args.seed is not None else args.race_seeds,
+                      race_seeds=args.race_seeds,
                       progress=_progress(True))
     if not args.json:
         p = res["predicted"]

@@ -53,7 +53,7 @@ class RunConfig:
     parallel: bool = True                # build beside the simulation (2 cores)
     nextpnr_seed: int | None = None      # the build's placement seed (accel build --seed)
     race_seeds: tuple[int | None, ...] = ()  # placed at once, the shorter routed (None: nextpnr's default
-                                             # seed; off when nextpnr_seed is set; accel build --race-seeds)
+                                             # seed; not with nextpnr_seed; accel build --race-seeds)
     timing_paths: bool = False           # the build lists every endpoint that misses the clock
 
     def __post_init__(self):
@@ -176,7 +176,7 @@ def step_build(state: RunState, say) -> dict:
     from accel.build import build_model
     c = state.config
     return build_model(c.board, c.model, c.out / "bitstream", params=c.out / "design.json", seed=c.nextpnr_seed,
-                       race_seeds=() if c.nextpnr_seed is not None else c.race_seeds,
+                       race_seeds=c.race_seeds,
                        timing_paths=c.timing_paths, progress=say)
 
 
