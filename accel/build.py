@@ -7,7 +7,8 @@ A pipeline of named steps over a board description (boards/*.yaml, flows ``trell
    RAM, a start-up sequencer, LEDs) through the board's amaranth-boards platform (the YAML's
    ``platform`` field) into Amaranth's build plan, written to ``DIR/gateware``;
 2. ``synthesize``: Yosys (the plan's script); its cell counts are checked against the part before
-   place and route, so a design that cannot fit fails in seconds, naming the resource;
+   place and route, so a design that cannot fit fails in seconds, naming the resource; on ECP5 the
+   flip-flops around the DSP blocks then move into the blocks' own registers (accel.dsp_registers);
 3. ``place_and_route``: nextpnr with ``--report nextpnr_report.json``;
 4. ``pack``: ecppack (``top.bit``) or icepack (``top.bin``);
 5. ``report``: achieved Fmax per clock against its constraint, utilization per cell type and per
@@ -41,6 +42,7 @@ from pathlib import Path
 
 from accel.boards import Board, Memory, load_board
 from accel.models.errors import AccelError
+from accel.dsp_registers import DEFAULT_DSP_REGISTERS, DSP_REGISTER_MODES, absorb_dsp_registers
 from accel.multipliers import plan_multipliers, probe_script, probed_multipliers, rtlil_multipliers
 from accel.perf import DoesNotFit
 
@@ -434,11 +436,23 @@ def _probe_multipliers(muls, name: str, build_dir: Path, env: dict, say, heartbe
     return probed_multipliers(muls, (build_dir / f"{MULTIPLIER_PROBE}.il").read_text())
 
 
+def _absorb_dsp_registers(build_dir: Path, name: str, operands: bool):
+    """Rewrite the synthesized netlist in place (the synthesized one stays as ``{name}.synth.json``)."""
+    path = build_dir / f"{name}.json"
+    with open(path) as f:
+        netlist = json.load(f)
+    report = absorb_dsp_registers(netlist, name, outputs=True, inputs=operands)
+    path.replace(build_dir / f"{name}.synth.json")
+    with open(path, "w") as f:
+        json.dump(netlist, f)
+    return report
+
+
 def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Callable[[str], None] | None = None,
               env: dict[str, str] | None = None, name: str = "top", check_fit_after_synthesis: bool = True,
               dsp: bool = True, heartbeat_s: float = 20.0, dsp_budget: int | None = None,
               timing_driven: bool = False, seed: int | None = None, timing_paths: bool = False,
-              race_seeds: tuple[int | None, ...] = ()) -> BuildResult:
+              race_seeds: tuple[int | None, ...] = (), dsp_registers: str = DEFAULT_DSP_REGISTERS) -> BuildResult:
     """Steps elaborate .. report (without the model's predictions) for an elaboratable ``top``
     on ``board``; the plan, logs and bitstream go to ``build_dir``. ``dsp=False``: multipliers in
     LUTs (Yosys ``-nodsp`` on ECP5; iCE40 then synthesizes without ``-dsp``). With DSPs, products
@@ -450,7 +464,11 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     (``{name}_routed.json``, about 150 MB on digits-moe), and the result lists every endpoint
     that misses the clock, grouped by signal (accel.timing_paths; ECP5). ``race_seeds``: place
     with each of these seeds at once (one process each; None: nextpnr's default seed) and route the
-    placement with the shortest wirelength (instead of ``seed``)."""
+    placement with the shortest wirelength (instead of ``seed``). ``dsp_registers`` (ECP5): which
+    slice flip-flops around the DSP blocks become the blocks' own registers after synthesis
+    (accel.dsp_registers): ``"none"``, ``"output"`` or ``"output+operands"``."""
+    if dsp_registers not in DSP_REGISTER_MODES:
+        raise AccelError(f"dsp_registers={dsp_registers!r}: expected one of {', '.join(DSP_REGISTER_MODES)}")
     race_seeds = tuple(race_seeds)
     for sd in race_seeds:
         if sd is not None and (isinstance(sd, bool) or not isinstance(sd, int) or not 0 <= sd < 2 ** 31):
@@ -497,7 +515,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     plan = platform.build(top, name=name, do_build=False, do_program=False, **opts)
     if build_dir.exists():
         for stale in ("nextpnr_report.json", f"{name}.bit", f"{name}.bin", f"{name}.json", f"{name}.config",
-                      f"{name}.asc", f"{name}_routed.json", MULTIPLIER_SCRIPT, f"{MULTIPLIER_PROBE}.il"):
+                      f"{name}.asc", f"{name}_routed.json", f"{name}.synth.json", MULTIPLIER_SCRIPT, f"{MULTIPLIER_PROBE}.il"):
             (build_dir / stale).unlink(missing_ok=True)
     _write_plan(plan, build_dir)
     mul_plan = None
@@ -516,6 +534,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
 
     synth_counts: dict[str, int] = {}
     race: dict = {}
+    dsp_regs = None
     for argv in commands:
         tool = argv[0]
         step = _STEP_OF_TOOL.get(tool)
@@ -549,6 +568,10 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
             if check_fit_after_synthesis:
                 demand = check_fit(synth_counts, board)
                 detail = ": " + ", ".join(f"{k} {v}/{board.resources.get(k)}" for k, v in demand.items())
+            if family == "ecp5" and dsp and dsp_registers != "none":
+                dsp_regs = _absorb_dsp_registers(build_dir, name, operands=dsp_registers == "output+operands")
+                detail += (f"; {dsp_regs.output_registers} DSP output and {dsp_regs.input_registers} operand "
+                           f"registers from {dsp_regs.flip_flops_removed} flip-flops")
         end(i, t, detail)
 
     t = begin(4)
@@ -575,6 +598,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
                        timing_met=timing_met, critical_paths=parsed["critical_paths"], clock_mhz=clock,
                        extra={"multipliers": mul_plan.to_json() if mul_plan is not None else {"dsp": False},
                               "timing_driven": timing_driven, "nextpnr_seed": seed,
+                              "dsp_registers": {"mode": dsp_registers,
+                                                **(dsp_regs.to_json() if dsp_regs is not None else {})},
                               **({"placement_race": {"wirelength_by_seed": race,
                                                      "routed_seed": min(race, key=race.get)}}
                                  if race else {}),
@@ -671,6 +696,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
                 params: str | Path | None = None, *, image: int = 0, dsp: bool = True, dsp_budget: int | None = None,
                 clock_mhz: float | None = None, timing_driven: bool = False, seed: int | None = None,
                 timing_paths: bool = False, race_seeds: tuple[int | None, ...] = (),
+                dsp_registers: str = DEFAULT_DSP_REGISTERS,
                 progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
     """The whole flow for a model: the design (``params`` file or the search), the compiled memory
     image with evaluation image ``image``'s patches in place, the board top, the bitstream, and
@@ -685,6 +711,8 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     load_platform(board, str(model))    # AMD boards and boards without a platform stop here, before any work
     cfg = load_config(model)
     out = Path(out)
+    if dsp_registers not in DSP_REGISTER_MODES:
+        raise AccelError(f"dsp_registers={dsp_registers!r}: expected one of {', '.join(DSP_REGISTER_MODES)}")
     if clock_mhz is not None and (isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float))
                                   or not clock_mhz > 0):
         raise AccelError(f"clock_mhz={clock_mhz!r}: pass the accelerator clock in MHz, a number > 0 "
@@ -727,7 +755,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     t_prepare = round(time.perf_counter() - t_all, 2)
     res = build_top(top, board, out / "gateware", progress=say, dsp=dsp, dsp_budget=dsp_budget,
                     heartbeat_s=heartbeat_s, timing_driven=timing_driven, seed=seed, timing_paths=timing_paths,
-                    race_seeds=race_seeds)
+                    race_seeds=race_seeds, dsp_registers=dsp_registers)
 
     achieved = _sync_fmax(res.fmax)
     fmax_sync = achieved[1]["achieved_mhz"] if achieved else None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from accel.dsp_registers import DEFAULT_DSP_REGISTERS, DSP_REGISTER_MODES
 from accel.models.errors import AccelError
 from accel.perf import performance_json
 from accel.run import jsonable
@@ -283,7 +284,8 @@ def cmd_run(args) -> dict:
     skip = tuple(s for s, off in (("simulate", args.no_sim), ("build", args.no_build)) if off)
     cfg = RunConfig(model=args.model, board=args.board, out=Path(args.out), images=args.images,
                     stalls=not args.no_stalls, skip=skip, stop_after=args.stop_after, parallel=not args.serial,
-                    nextpnr_seed=args.seed, race_seeds=args.race_seeds, timing_paths=args.timing_paths)
+                    nextpnr_seed=args.seed, race_seeds=args.race_seeds, timing_paths=args.timing_paths,
+                    dsp_registers=args.dsp_registers)
     rep = run(cfg, progress=_progress(True))
     if not args.json:
         out = Path(rep["report_dir"])
@@ -367,7 +369,7 @@ def cmd_build(args) -> dict:
     res = build_model(args.board, args.model, args.out, params=args.params, dsp=not args.no_dsp,
                       dsp_budget=args.dsp_budget, clock_mhz=args.clock_mhz, timing_driven=args.timing_driven,
                       seed=args.seed, timing_paths=args.timing_paths,
-                      race_seeds=args.race_seeds,
+                      race_seeds=args.race_seeds, dsp_registers=args.dsp_registers,
                       progress=_progress(True))
     if not args.json:
         p = res["predicted"]
@@ -505,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-paths", action="store_true",
                    help="list every endpoint that misses the clock, grouped by signal, in report.json "
                         "(nextpnr writes its per-endpoint arrivals and the routed netlist, ~150 MB)")
+    p.add_argument("--dsp-registers", choices=DSP_REGISTER_MODES, default=DEFAULT_DSP_REGISTERS,
+                   help="ECP5: which flip-flops around the DSP blocks become the blocks' own registers after "
+                        "synthesis: none, the output's, or the output's and the operands' (default: %(default)s)")
     p = add("run", cmd_run, "the main job on the bundled default model and board: evaluate, search, generate, "
                             "simulate through the host driver, build the bitstream, report")
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -520,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the build's placement race (accel build --race-seeds; default: none)")
     p.add_argument("--timing-paths", action="store_true",
                    help="the build lists every endpoint that misses the clock (accel build --timing-paths)")
+    p.add_argument("--dsp-registers", choices=DSP_REGISTER_MODES, default=DEFAULT_DSP_REGISTERS,
+                   help="the build's DSP block registers (accel build --dsp-registers; default: %(default)s)")
     p.add_argument("--stop-after", default="report", choices=("evaluate", "search", "generate", "simulate", "build",
                                                                "report"), help="end the run after this step")
     return ap

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from accel.dsp_registers import DEFAULT_DSP_REGISTERS
+
 from accel.models.errors import AccelError
 
 __all__ = ["STEPS", "RunConfig", "RunState", "RunError", "run", "jsonable"]
@@ -55,6 +57,7 @@ class RunConfig:
     race_seeds: tuple[int | None, ...] = ()  # placed at once, the shorter routed (None: nextpnr's default
                                              # seed; not with nextpnr_seed; accel build --race-seeds)
     timing_paths: bool = False           # the build lists every endpoint that misses the clock
+    dsp_registers: str = DEFAULT_DSP_REGISTERS   # ECP5: flip-flops moved into the DSP blocks (accel.dsp_registers)
 
     def __post_init__(self):
         if not isinstance(self.images, int) or self.images < 1:
@@ -177,7 +180,7 @@ def step_build(state: RunState, say) -> dict:
     c = state.config
     return build_model(c.board, c.model, c.out / "bitstream", params=c.out / "design.json", seed=c.nextpnr_seed,
                        race_seeds=c.race_seeds,
-                       timing_paths=c.timing_paths, progress=say)
+                       timing_paths=c.timing_paths, dsp_registers=c.dsp_registers, progress=say)
 
 
 def step_report(state: RunState, say) -> dict:
