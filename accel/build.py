@@ -8,7 +8,8 @@ A pipeline of named steps over a board description (boards/*.yaml, flows ``trell
    ``platform`` field) into Amaranth's build plan, written to ``DIR/gateware``;
 2. ``synthesize``: Yosys (the plan's script); its cell counts are checked against the part before
    place and route, so a design that cannot fit fails in seconds, naming the resource; on ECP5 the
-   flip-flops around the DSP blocks then move into the blocks' own registers (accel.dsp_registers);
+   flip-flops around the DSP blocks can then move into the blocks' own registers (accel.dsp_registers,
+   ``--dsp-registers``; off by default);
 3. ``place_and_route``: nextpnr with ``--report nextpnr_report.json``;
 4. ``pack``: ecppack (``top.bit``) or icepack (``top.bin``);
 5. ``report``: achieved Fmax per clock against its constraint, utilization per cell type and per

@@ -37,9 +37,12 @@ from dataclasses import asdict, dataclass
 __all__ = ["DspRegisterReport", "absorb_dsp_registers", "DSP_REGISTER_MODES", "DEFAULT_DSP_REGISTERS"]
 
 # What a build moves into the blocks (accel build --dsp-registers): nothing, the output registers,
-# or the output and operand registers
+# or the output and operand registers. Off by default: on the digits-moe run design (57 blocks'
+# outputs, 1,191 flip-flops; with operands 266 more registers, 2,153 flip-flops) both netlists
+# placed at the same seed and neither routed: router2 stalled at 1,400-1,800 overused wires, where
+# the netlist as synthesized routes (docs/benchmarks.md, "DSP block registers").
 DSP_REGISTER_MODES = ("none", "output", "output+operands")
-DEFAULT_DSP_REGISTERS = "output"
+DEFAULT_DSP_REGISTERS = "none"
 
 DSP = "MULT18X18D"
 FF = "TRELLIS_FF"
@@ -153,6 +156,8 @@ class _Netlist:
         old = c["connections"].get(port, [None])[0]
         if isinstance(old, int) and direction == "input":
             self.loads[old].remove((cell, port))
+        elif isinstance(old, int) and self.driver.get(old) == (cell, port):
+            del self.driver[old]
         c["connections"][port] = [bit]
         c["port_directions"][port] = direction
         if isinstance(bit, int):

@@ -255,7 +255,7 @@ class _RegisteredProduct(Elaboratable):
 def test_real_build_moves_the_product_register_into_the_dsp_block():
     said = []
     res = build_top(_RegisteredProduct(), "ulx3s-85f", REPO / "build" / "test_build" / "dsp_registers",
-                    progress=said.append)
+                    progress=said.append, dsp_registers="output")
     regs = res.extra["dsp_registers"]
     assert regs["mode"] == "output" and regs["dsp_blocks"] == 1
     assert regs["output_registers"] == 1 and regs["flip_flops_removed"] == 24
