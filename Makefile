@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The bitstream step is left out: place and route of digits-moe on the ULX3S-85F has not finished
-# in an hour with the YoWASP nextpnr (docs/benchmarks.md); `accel run` alone includes it.
+# The bitstream step is left out to keep the demo at about 2 minutes: place and route of digits-moe
+# on the ULX3S-85F takes 11 minutes or more with the YoWASP nextpnr, and whether it routes depends
+# on the placement (docs/benchmarks.md); `accel run` alone includes it.
 demo: setup
 	$(BIN)/accel run --no-build
 
