@@ -67,6 +67,13 @@ def _synth(tmp_path, verilog: str) -> dict:
     return json.loads((tmp_path / "d.json").read_text())
 
 
+def _rewrite(tmp_path, verilog: str, **kw):
+    """(synthesized netlist, the pass's rewrite of it, the pass's report)."""
+    gold = _synth(tmp_path, verilog)
+    gate = json.loads(json.dumps(gold))
+    return gold, gate, absorb_dsp_registers(gate, **kw)
+
+
 def _cells(netlist: dict) -> dict[str, int]:
     out: dict[str, int] = {}
     for c in netlist["modules"]["top"]["cells"].values():
@@ -134,9 +141,7 @@ endmodule
 
 
 def test_output_register_with_enable_and_reset_is_absorbed_and_equivalent(tmp_path):
-    gold = _synth(tmp_path, OUTPUT_CE_RESET)
-    gate = json.loads(json.dumps(gold))
-    rep = absorb_dsp_registers(gate)
+    gold, gate, rep = _rewrite(tmp_path, OUTPUT_CE_RESET)
     assert (rep.dsp_blocks, rep.output_registers, rep.flip_flops_removed) == (1, 1, 16)
     assert rep.luts_added == 1                                    # enable | reset
     assert _cells(gate).get("TRELLIS_FF", 0) == _cells(gold)["TRELLIS_FF"] - 16
@@ -147,18 +152,14 @@ def test_output_register_with_enable_and_reset_is_absorbed_and_equivalent(tmp_pa
 
 
 def test_inverted_enable_is_absorbed_and_equivalent(tmp_path):
-    gold = _synth(tmp_path, OUTPUT_INVERTED_CE)
-    gate = json.loads(json.dumps(gold))
-    rep = absorb_dsp_registers(gate)
+    gold, gate, rep = _rewrite(tmp_path, OUTPUT_INVERTED_CE)
     assert rep.output_registers == 1 and rep.flip_flops_removed == 20
     ok, log = _equivalent(tmp_path, gold, gate)
     assert ok, log
 
 
 def test_shared_operands_are_registered_in_each_block(tmp_path):
-    gold = _synth(tmp_path, OPERANDS_SHARED)
-    gate = json.loads(json.dumps(gold))
-    rep = absorb_dsp_registers(gate, inputs=True)
+    gold, gate, rep = _rewrite(tmp_path, OPERANDS_SHARED, inputs=True)
     assert rep.dsp_blocks == 2 and rep.output_registers == 2
     assert rep.input_registers == 4
     # the products' 32 and br, cr (one block each) go; ar also drives the a_seen port, so it
@@ -169,9 +170,7 @@ def test_shared_operands_are_registered_in_each_block(tmp_path):
 
 
 def test_what_a_block_register_cannot_copy_is_left_alone(tmp_path):
-    gold = _synth(tmp_path, REFUSED)
-    gate = json.loads(json.dumps(gold))
-    rep = absorb_dsp_registers(gate, inputs=True)
+    gold, gate, rep = _rewrite(tmp_path, REFUSED, inputs=True)
     assert rep.dsp_blocks == 2
     assert (rep.output_registers, rep.flip_flops_removed, rep.luts_added) == (0, 0, 0)
     assert gate == gold
@@ -180,9 +179,7 @@ def test_what_a_block_register_cannot_copy_is_left_alone(tmp_path):
 def test_the_check_catches_a_wrong_rewrite(tmp_path):
     """The equivalence check fails when the rewrite is wrong: here the block register gets the
     tied-off enable (always on) instead of the design's."""
-    gold = _synth(tmp_path, OUTPUT_CE_RESET)
-    gate = json.loads(json.dumps(gold))
-    absorb_dsp_registers(gate)
+    gold, gate, _ = _rewrite(tmp_path, OUTPUT_CE_RESET)
     dsp = next(c for c in gate["modules"]["top"]["cells"].values() if c["type"] == "MULT18X18D")
     dsp["parameters"]["REG_OUTPUT_CE"] = "CE3"
     dsp["connections"]["CE3"] = ["1"]
