@@ -205,9 +205,14 @@ class _Slots:
             if isinstance(c.get(f"RST{k}", [None])[0], int):
                 self.rst[c[f"RST{k}"][0]] = f"RST{k}"
 
+    def _free(self, used: dict, kind: str) -> str:
+        return next(f"{kind}{k}" for k in range(SLOTS - 1) if f"{kind}{k}" not in used.values())
+
     def fits(self, ctl: _Control) -> bool:
         if (self.clk is not None and self.clk != ctl.clk) or (self.gsr is not None and self.gsr != ctl.gsr):
             return False
+        if f"CE{SLOTS - 1}" in self.ce.values() or f"RST{SLOTS - 1}" in self.rst.values():
+            return False        # slot 3 is the tie-off this pass uses; the block uses it already
         ce_new = ctl.ce is not None and self.enables.nets.get((ctl.ce, ctl.ce_inverted, ctl.rst)) not in self.ce
         rst_new = ctl.rst is not None and ctl.rst not in self.rst
         return (len(self.ce) + ce_new <= SLOTS - 1) and (len(self.rst) + rst_new <= SLOTS - 1)
@@ -230,7 +235,7 @@ class _Slots:
                 self.enables.nets[key] = self._enable_net(ctl)
             bit = self.enables.nets[key]
             if bit not in self.ce:
-                self.ce[bit] = f"CE{len(self.ce)}"
+                self.ce[bit] = self._free(self.ce, "CE")
                 net.connect(self.dsp, self.ce[bit], bit)
             ce_slot = self.ce[bit]
         if ctl.rst is None:
@@ -238,7 +243,7 @@ class _Slots:
             net.connect(self.dsp, rst_slot, "0")
         else:
             if ctl.rst not in self.rst:
-                self.rst[ctl.rst] = f"RST{len(self.rst)}"
+                self.rst[ctl.rst] = self._free(self.rst, "RST")
                 net.connect(self.dsp, self.rst[ctl.rst], ctl.rst)
             rst_slot = self.rst[ctl.rst]
         return ce_slot, rst_slot
