@@ -335,11 +335,10 @@ def _run_tool(step: str, argv: list[str], cwd: Path, env: dict, log: Path, say, 
         raise subprocess.CalledProcessError(proc.returncode, argv)
 
 
-# nextpnr options a placement-only run of the race drops (each writes its own log and placed netlist)
-_RACE_DROP = {"--log": 1, "--textcfg": 1, "--asc": 1, "--report": 1, "--write": 1, "--detailed-timing-report": 0,
-              "--seed": 1, "--quiet": 0}
+# nextpnr options each racer sets for itself (its own log, report, bitstream config, netlist, seed)
+_RACE_OWN = {"--log": 1, "--textcfg": 1, "--asc": 1, "--report": 1, "--write": 1, "--seed": 1}
 _WIRELEN = re.compile(r"wirelen = (\d+)")
-_CLOCK_CONSTRAINT = re.compile(r"Max frequency for clock '([^']+)': [\d.]+ MHz \((?:PASS|FAIL) at ([\d.]+) MHz\)")
+_OVERUSED = re.compile(r"iter=(\d+) wires=\d+ overused=(\d+)")
 
 
 def _without(argv: list[str], drop: dict[str, int]) -> list[str]:
@@ -353,72 +352,81 @@ def _without(argv: list[str], drop: dict[str, int]) -> list[str]:
     return out
 
 
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
 def _seed_label(seed: int | None) -> str:
     return "default" if seed is None else str(seed)
 
 
 def _race_progress(log: Path) -> str:
-    """A racer's latest wirelength, or its log's last line before the annealing reports one."""
+    """A racer's latest router iteration, else its latest placement wirelength, else its log's last line."""
     text = log.read_text(errors="replace") if log.exists() else ""
+    routed = _OVERUSED.findall(text)
+    if routed:
+        return f"routing iteration {routed[-1][0]}, {routed[-1][1]} overused wires"
     found = _WIRELEN.findall(text)
     return f"wirelength {found[-1]}" if found else (text.strip().splitlines() or ["starting"])[-1][:60]
 
 
-def _place_race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, env: dict, say,
-                heartbeat_s: float) -> tuple[list[str], dict]:
-    """Place with every seed at once (one nextpnr per seed, ``--no-route``; None: nextpnr's own
-    default seed) and return the argv that routes the placement with the shortest wirelength
-    (``--no-place`` on its placed netlist), with {seed label: wirelength}. Routing time and success
-    follow the placement's wirelength on the digits-moe designs (docs/benchmarks.md), and the seed
-    moves it by 10% or more."""
-    base = _without(argv, _RACE_DROP)
-    procs = {}
+def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, env: dict, say,
+          heartbeat_s: float) -> dict:
+    """Place and route with every seed at once (one whole nextpnr run per seed, each with its own
+    log, report and outputs; None: nextpnr's own default seed); the first run to finish wins: the
+    others are stopped and the winner's files take the names the rest of the build reads.
+    Whether router2 converges, and how fast, changes with the placement, and the seed moves the
+    placement by 10% or more (docs/benchmarks.md). Returns {"wirelength_by_seed", "routed_seed"}."""
+    base = _without(argv, _RACE_OWN)
+    outputs = {opt: _option(argv, opt) for opt in ("--log", "--textcfg", "--asc", "--report", "--write")}
+    procs: dict[str, tuple[subprocess.Popen, Path, dict]] = {}
     t0 = last = time.monotonic()
+    winner = None
+    failed: dict[str, int] = {}
     try:
         for sd in map(_seed_label, seeds):
-            log = cwd / f"{name}.place_{sd}.tim"
-            args = [*base, "--no-route", *([] if sd == "default" else ["--seed", sd]), "--log", log.name,
-                    "--write", f"{name}_placed_{sd}.json"]
+            own = {opt: f"{sd}.{value}" for opt, value in outputs.items() if value is not None}
+            own.setdefault("--log", f"{name}.{sd}.tim")
+            args = [*base, *(a for opt, value in own.items() for a in (opt, value)),
+                    *([] if sd == "default" else ["--seed", sd])]
             procs[sd] = (subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.STDOUT), log)
-        while any(p.poll() is None for p, _ in procs.values()):
+                                          stderr=subprocess.STDOUT), cwd / own["--log"], own)
+        while winner is None:
             time.sleep(0.2)
+            for sd, (p, _, _) in procs.items():
+                if p.poll() is None or sd in failed:
+                    continue
+                if p.returncode == 0:
+                    winner = sd
+                    break
+                failed[sd] = p.returncode
+            if winner is None and len(failed) == len(procs):
+                sd, code = next(iter(failed.items()))
+                log = procs[sd][1]
+                if log.exists() and outputs["--log"]:
+                    log.replace(cwd / outputs["--log"])     # the build's error names the usual log
+                raise subprocess.CalledProcessError(code, [*base, "--seed", sd])
             now = time.monotonic()
-            if now - last >= heartbeat_s:
+            if winner is None and now - last >= heartbeat_s:
                 last = now
-                say(f"  place_and_route: {now - t0:.0f} s placing seeds " + "; ".join(
-                    f"{sd}: {_race_progress(log)}" for sd, (_, log) in procs.items()))
-    except BaseException:
-        for p, _ in procs.values():
-            p.kill()
+                say(f"  place_and_route: {now - t0:.0f} s racing seeds " + "; ".join(
+                    f"{sd}: {'failed' if sd in failed else _race_progress(log)}" for sd, (_, log, _) in procs.items()))
+    finally:
+        for p, _, _ in procs.values():
+            if p.poll() is None:
+                p.kill()
             p.wait()
-        raise
     wirelength = {}
-    for sd, (p, log) in procs.items():
-        if p.returncode:
-            raise subprocess.CalledProcessError(p.returncode, [*base, "--seed", sd])
-        found = _WIRELEN.findall(log.read_text(errors="replace"))
+    for sd, (_, log, _) in procs.items():
+        found = _WIRELEN.findall(log.read_text(errors="replace")) if log.exists() else []
         if found:
             wirelength[sd] = int(found[-1])
-    if not wirelength:
-        raise BuildError(f"step place_and_route: no placement log of seeds {list(procs)} reports a wirelength "
-                         f"(logs {name}.place_*.tim in {cwd})")
-    best = min(wirelength, key=wirelength.get)
-    say(f"  place_and_route: wirelength by seed {wirelength}; routing seed {best}'s placement")
-    route = list(argv)
-    j = route.index("--json")
-    route[j + 1] = f"{name}_placed_{best}.json"
-    route.append("--no-place")
-    # a placed netlist loses the clock constraints nextpnr derived through the PLL (it re-derives
-    # 12 MHz for a 50 MHz ULX3S clock): the routing run gets the placement run's as LPF lines
-    derived = _CLOCK_CONSTRAINT.findall(procs[best][1].read_text(errors="replace"))
-    if "--lpf" in route and derived:
-        k = route.index("--lpf")
-        lpf = cwd / route[k + 1]
-        extra = "".join(f'FREQUENCY NET "{net}" {mhz} MHz;\n' for net, mhz in dict(derived).items())
-        (cwd / f"{name}_route.lpf").write_text(lpf.read_text().rstrip("\n") + "\n" + extra)
-        route[k + 1] = f"{name}_route.lpf"
-    return _without(route, {"--seed": 1}), wirelength
+    for opt, value in procs[winner][2].items():
+        target = outputs.get(opt) or f"{name}.tim"
+        (cwd / value).replace(cwd / target)
+    say(f"  place_and_route: seed {winner} routed first ({time.monotonic() - t0:.0f} s); placement wirelength "
+        f"by seed {wirelength}")
+    return {"wirelength_by_seed": wirelength, "routed_seed": winner}
 
 
 def _probe_multipliers(muls, name: str, build_dir: Path, env: dict, say, heartbeat_s: float):
@@ -464,8 +472,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     ``timing_paths``: nextpnr also writes its per-endpoint arrivals and the routed netlist
     (``{name}_routed.json``, about 150 MB on digits-moe), and the result lists every endpoint
     that misses the clock, grouped by signal (accel.timing_paths; ECP5). ``race_seeds``: place
-    with each of these seeds at once (one process each; None: nextpnr's default seed) and route the
-    placement with the shortest wirelength (instead of ``seed``). ``dsp_registers`` (ECP5): which
+    and route with each of these seeds at once (one whole nextpnr run each; None: nextpnr's default
+    seed); the first to finish is the build's (instead of ``seed``). ``dsp_registers`` (ECP5): which
     slice flip-flops around the DSP blocks become the blocks' own registers after synthesis
     (accel.dsp_registers): ``"none"``, ``"output"`` or ``"output+operands"``."""
     if dsp_registers not in DSP_REGISTER_MODES:
@@ -518,6 +526,9 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
         for stale in ("nextpnr_report.json", f"{name}.bit", f"{name}.bin", f"{name}.json", f"{name}.config",
                       f"{name}.asc", f"{name}_routed.json", f"{name}.synth.json", MULTIPLIER_SCRIPT, f"{MULTIPLIER_PROBE}.il"):
             (build_dir / stale).unlink(missing_ok=True)
+        for racer in build_dir.glob("*.*"):             # a seed race's files ("default.top.tim", "2.top.tim", ...)
+            if racer.is_file() and re.fullmatch(r"(default|\d+)\..+", racer.name):
+                racer.unlink()
     _write_plan(plan, build_dir)
     mul_plan = None
     if dsp:
@@ -550,8 +561,9 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
         try:
             run_argv = [exe, *argv[1:]]
             if step == "place_and_route" and race_seeds:
-                run_argv, race = _place_race(run_argv, race_seeds, name, build_dir, env, say, heartbeat_s)
-            _run_tool(step, run_argv, build_dir, env, log, say, heartbeat_s, watch)
+                race = _race(run_argv, race_seeds, name, build_dir, env, say, heartbeat_s)
+            else:
+                _run_tool(step, run_argv, build_dir, env, log, say, heartbeat_s, watch)
         except subprocess.CalledProcessError:
             tool_log = watch if watch.exists() else log
             text = log.read_text(errors="replace") + (tool_log.read_text(errors="replace") if tool_log != log else "")
@@ -601,9 +613,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
                               "timing_driven": timing_driven, "nextpnr_seed": seed,
                               "dsp_registers": {"mode": dsp_registers,
                                                 **(dsp_regs.to_json() if dsp_regs is not None else {})},
-                              **({"placement_race": {"wirelength_by_seed": race,
-                                                     "routed_seed": min(race, key=race.get)}}
-                                 if race else {}),
+                              **({"placement_race": race} if race else {}),
                               **({"timing_paths": paths} if paths is not None else {})})
 
 

@@ -16,9 +16,9 @@ from accel.run import jsonable
 
 DEFAULT_MODEL = "digits-moe"
 DEFAULT_BOARD = "ulx3s-85f"
-# The placement race (--race-seeds) is off by default: on the run design the race's routing run (--no-place on the placed netlist) did
-# not converge where the one-step flow on the same placement routed at iteration 42 (router2
-# behaves differently on a reloaded netlist; docs/benchmarks.md). --race-seeds default,1 asks.
+# The seed race (--race-seeds: whole place-and-route runs at once, the first to finish wins) is off
+# by default: on 2 cores it runs beside the simulation step of `accel run` and slows both; a
+# build that stalls in routing is what it is for. --race-seeds default,1 asks.
 DEFAULT_RACE_SEEDS: tuple[int | None, ...] = ()
 
 
@@ -502,8 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nextpnr's random seed: another placement (wirelength and routing time vary with it); "
                         "no placement race")
     p.add_argument("--race-seeds", type=_seed_list, default=DEFAULT_RACE_SEEDS, metavar="S,S,...",
-                   help="place with each seed at once and route the shortest placement, e.g. default,1 "
-                        "('default': nextpnr's own seed; default: none, one placement)")
+                   help="place and route with each seed at once, the first to finish wins, e.g. default,1 "
+                        "('default': nextpnr's own seed; default: none, one run)")
     p.add_argument("--timing-paths", action="store_true",
                    help="list every endpoint that misses the clock, grouped by signal, in report.json "
                         "(nextpnr writes its per-endpoint arrivals and the routed netlist, ~150 MB)")
@@ -522,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serial", action="store_true", help="build after the simulation, not beside it")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="nextpnr's seed for the build (accel build --seed)")
     p.add_argument("--race-seeds", type=_seed_list, default=DEFAULT_RACE_SEEDS, metavar="S,S,...",
-                   help="the build's placement race (accel build --race-seeds; default: none)")
+                   help="the build's seed race (accel build --race-seeds; default: none)")
     p.add_argument("--timing-paths", action="store_true",
                    help="the build lists every endpoint that misses the clock (accel build --timing-paths)")
     p.add_argument("--dsp-registers", choices=DSP_REGISTER_MODES, default=DEFAULT_DSP_REGISTERS,

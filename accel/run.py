@@ -54,8 +54,8 @@ class RunConfig:
     stop_after: str = "report"
     parallel: bool = True                # build beside the simulation (2 cores)
     nextpnr_seed: int | None = None      # the build's placement seed (accel build --seed)
-    race_seeds: tuple[int | None, ...] = ()  # placed at once, the shorter routed (None: nextpnr's default
-                                             # seed; not with nextpnr_seed; accel build --race-seeds)
+    race_seeds: tuple[int | None, ...] = ()  # placed and routed at once, the first to finish wins (None:
+                                             # nextpnr's default seed; not with nextpnr_seed; accel build --race-seeds)
     timing_paths: bool = False           # the build lists every endpoint that misses the clock
     dsp_registers: str = DEFAULT_DSP_REGISTERS   # ECP5: flip-flops moved into the DSP blocks (accel.dsp_registers)
 
