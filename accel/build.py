@@ -371,12 +371,13 @@ def _race_progress(log: Path) -> str:
 
 
 def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, env: dict, say,
-          heartbeat_s: float) -> dict:
+          heartbeat_s: float, step_log: Path) -> dict:
     """Place and route with every seed at once (one whole nextpnr run per seed, each with its own
     log, report and outputs; None: nextpnr's own default seed); the first run to finish wins: the
     others are stopped and the winner's files take the names the rest of the build reads.
     Whether router2 converges, and how fast, changes with the placement, and the seed moves the
-    placement by 10% or more (docs/benchmarks.md). Returns {"wirelength_by_seed", "routed_seed"}."""
+    placement by 10% or more (docs/benchmarks.md). ``step_log`` gets one line per racer and the
+    outcome. Returns {"wirelength_by_seed", "routed_seed"}."""
     base = _without(argv, _RACE_OWN)
     outputs = {opt: _option(argv, opt) for opt in ("--log", "--textcfg", "--asc", "--report", "--write")}
     procs: dict[str, tuple[subprocess.Popen, Path, dict]] = {}
@@ -391,6 +392,7 @@ def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, 
                     *([] if sd == "default" else ["--seed", sd])]
             procs[sd] = (subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.STDOUT), cwd / own["--log"], own)
+        step_log.write_text("".join(f"seed {sd}: {' '.join(p.args)}\n" for sd, (p, _, _) in procs.items()))
         while winner is None:
             time.sleep(0.2)
             for sd, (p, _, _) in procs.items():
@@ -402,6 +404,8 @@ def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, 
                 failed[sd] = p.returncode
             if winner is None and len(failed) == len(procs):
                 sd, code = next(iter(failed.items()))
+                with open(step_log, "a") as f:
+                    f.write(f"every seed failed: {failed}\n")
                 log = procs[sd][1]
                 if log.exists() and outputs["--log"]:
                     log.replace(cwd / outputs["--log"])     # the build's error names the usual log
@@ -424,6 +428,8 @@ def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, 
     for opt, value in procs[winner][2].items():
         target = outputs.get(opt) or f"{name}.tim"
         (cwd / value).replace(cwd / target)
+    with open(step_log, "a") as f:
+        f.write(f"seed {winner} finished first; placement wirelength by seed {wirelength}\n")
     say(f"  place_and_route: seed {winner} routed first ({time.monotonic() - t0:.0f} s); placement wirelength "
         f"by seed {wirelength}")
     return {"wirelength_by_seed": wirelength, "routed_seed": winner}
@@ -561,7 +567,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
         try:
             run_argv = [exe, *argv[1:]]
             if step == "place_and_route" and race_seeds:
-                race = _race(run_argv, race_seeds, name, build_dir, env, say, heartbeat_s)
+                race = _race(run_argv, race_seeds, name, build_dir, env, say, heartbeat_s, log)
             else:
                 _run_tool(step, run_argv, build_dir, env, log, say, heartbeat_s, watch)
         except subprocess.CalledProcessError:

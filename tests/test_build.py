@@ -14,6 +14,8 @@ import gc
 import json
 import os
 import random
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -371,3 +373,53 @@ def test_race_seed_list_parsing():
     for bad, why in (("1", "race two or more"), ("2,2", "race two or more"), ("a,b", "comma-separated seeds")):
         with pytest.raises(argparse.ArgumentTypeError, match=why):
             _seed_list(bad)
+
+
+# ------------------------------------------------------------------------------ the seed race, with a stand-in tool
+
+FAKE_NEXTPNR = """
+import sys, time
+args = sys.argv[1:]
+opt = lambda name: args[args.index(name) + 1] if name in args else None
+seed = opt("--seed") or "default"
+with open(opt("--log"), "w") as f:
+    f.write(f"Info:   at iteration #1: temp = 0.000000, timing cost = 0, wirelen = {300 if seed == 'default' else 100}\\n")
+if seed == "9":
+    sys.exit(1)                       # this seed fails
+if seed == "default":
+    time.sleep(60)                    # this one would take long: the race stops it
+with open(opt("--report"), "w") as f:
+    f.write(seed)
+"""
+
+
+def _fake_race(tmp_path, seeds):
+    from accel.build import _race
+    (tmp_path / "fake_nextpnr.py").write_text(FAKE_NEXTPNR)
+    argv = [sys.executable, "fake_nextpnr.py", "--quiet", "--report", "nextpnr_report.json", "--log", "top.tim",
+            "--json", "top.json"]
+    said = []
+    out = _race(argv, seeds, "top", tmp_path, dict(os.environ), said.append, 0.1, tmp_path / "top.place_and_route.log")
+    return out, said
+
+
+def test_race_keeps_the_first_seed_to_finish_and_stops_the_others(tmp_path):
+    t0 = time.monotonic()
+    out, said = _fake_race(tmp_path, (None, 3))
+    assert time.monotonic() - t0 < 20                       # the slow default seed was stopped
+    assert out == {"wirelength_by_seed": {"default": 300, "3": 100}, "routed_seed": "3"}
+    assert (tmp_path / "nextpnr_report.json").read_text() == "3"
+    assert "wirelen = 100" in (tmp_path / "top.tim").read_text()
+    assert "seed 3 finished first" in (tmp_path / "top.place_and_route.log").read_text()
+    assert any("seed 3 routed first" in s for s in said)
+
+
+def test_race_that_every_seed_fails_raises_with_a_log(tmp_path):
+    import subprocess
+    (tmp_path / "fake_nextpnr.py").write_text(FAKE_NEXTPNR.replace('seed == "9"', 'True'))
+    from accel.build import _race
+    argv = [sys.executable, "fake_nextpnr.py", "--report", "r.json", "--log", "top.tim", "--json", "top.json"]
+    with pytest.raises(subprocess.CalledProcessError):
+        _race(argv, (4, 9), "top", tmp_path, dict(os.environ), lambda s: None, 0.1, tmp_path / "top.place_and_route.log")
+    assert "every seed failed" in (tmp_path / "top.place_and_route.log").read_text()
+    assert "wirelen" in (tmp_path / "top.tim").read_text()     # a failed racer's log, under the usual name
