@@ -42,8 +42,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from accel.boards import Board, Memory, load_board
+from accel.dsp_registers import DEFAULT_DSP_REGISTERS, absorb_dsp_registers, check_mode
 from accel.models.errors import AccelError
-from accel.dsp_registers import DEFAULT_DSP_REGISTERS, DSP_REGISTER_MODES, absorb_dsp_registers
 from accel.multipliers import plan_multipliers, probe_script, probed_multipliers, rtlil_multipliers
 from accel.perf import DoesNotFit
 
@@ -482,8 +482,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     seed); the first to finish is the build's (instead of ``seed``). ``dsp_registers`` (ECP5): which
     slice flip-flops around the DSP blocks become the blocks' own registers after synthesis
     (accel.dsp_registers): ``"none"``, ``"output"`` or ``"output+operands"``."""
-    if dsp_registers not in DSP_REGISTER_MODES:
-        raise AccelError(f"dsp_registers={dsp_registers!r}: expected one of {', '.join(DSP_REGISTER_MODES)}")
+    check_mode(dsp_registers)
     race_seeds = tuple(race_seeds)
     for sd in race_seeds:
         if sd is not None and (isinstance(sd, bool) or not isinstance(sd, int) or not 0 <= sd < 2 ** 31):
@@ -728,8 +727,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     load_platform(board, str(model))    # AMD boards and boards without a platform stop here, before any work
     cfg = load_config(model)
     out = Path(out)
-    if dsp_registers not in DSP_REGISTER_MODES:
-        raise AccelError(f"dsp_registers={dsp_registers!r}: expected one of {', '.join(DSP_REGISTER_MODES)}")
+    check_mode(dsp_registers)
     if clock_mhz is not None and (isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float))
                                   or not clock_mhz > 0):
         raise AccelError(f"clock_mhz={clock_mhz!r}: pass the accelerator clock in MHz, a number > 0 "

@@ -34,7 +34,9 @@ import itertools
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
-__all__ = ["DspRegisterReport", "absorb_dsp_registers", "DSP_REGISTER_MODES", "DEFAULT_DSP_REGISTERS"]
+from accel.models.errors import AccelError
+
+__all__ = ["DspRegisterReport", "absorb_dsp_registers", "check_mode", "DSP_REGISTER_MODES", "DEFAULT_DSP_REGISTERS"]
 
 # What a build moves into the blocks (accel build --dsp-registers): nothing, the output registers,
 # or the output and operand registers. Off by default: on the digits-moe run design (57 blocks'
@@ -43,6 +45,13 @@ __all__ = ["DspRegisterReport", "absorb_dsp_registers", "DSP_REGISTER_MODES", "D
 # the netlist as synthesized routes (docs/benchmarks.md, "DSP block registers").
 DSP_REGISTER_MODES = ("none", "output", "output+operands")
 DEFAULT_DSP_REGISTERS = "none"
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of DSP_REGISTER_MODES, else an AccelError naming it and the choices."""
+    if mode not in DSP_REGISTER_MODES:
+        raise AccelError(f"dsp_registers={mode!r}: expected one of {', '.join(DSP_REGISTER_MODES)}")
+    return mode
 
 DSP = "MULT18X18D"
 FF = "TRELLIS_FF"

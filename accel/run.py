@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from accel.dsp_registers import DEFAULT_DSP_REGISTERS
-
+from accel.dsp_registers import DEFAULT_DSP_REGISTERS, check_mode
 from accel.models.errors import AccelError
 
 __all__ = ["STEPS", "RunConfig", "RunState", "RunError", "run", "jsonable"]
@@ -67,6 +66,7 @@ class RunConfig:
             raise AccelError(f"skip={bad!r}: only {', '.join(SKIPPABLE)} can be skipped")
         if self.stop_after not in STEPS:
             raise AccelError(f"stop_after={self.stop_after!r}: must be one of {', '.join(STEPS)}")
+        check_mode(self.dsp_registers)          # before the run's work, not at its build step
 
 
 @dataclass

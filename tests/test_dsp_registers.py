@@ -15,6 +15,7 @@ import pytest
 
 from accel.build import tool_environment, _resolve
 from accel.dsp_registers import absorb_dsp_registers
+from accel.models.errors import AccelError
 
 
 def _yosys(args, cwd):
@@ -193,3 +194,9 @@ def test_the_check_catches_a_wrong_rewrite(tmp_path):
 def test_unknown_top_is_named():
     with pytest.raises(KeyError, match=r"top='nope': the netlist has no such module \(it has \['top'\]\)"):
         absorb_dsp_registers({"modules": {"top": {"cells": {}}}}, top="nope")
+
+
+def test_an_unknown_mode_is_refused_before_any_work():
+    from accel.run import RunConfig
+    with pytest.raises(AccelError, match=r"dsp_registers='outputs': expected one of none, output, output\+operands"):
+        RunConfig(dsp_registers="outputs")
