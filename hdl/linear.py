@@ -271,11 +271,16 @@ class LinearKernel(wiring.Component):
         loading = Signal()
         waddr = Signal(KB)
 
+        # after a reset the expert accumulator memory is zeroed, one entry a cycle, before the
+        # first descriptor is taken: a run cut short by a reset leaves partial sums in it, and
+        # flushes clear only the entries they read
+        clearing = Signal(init=1) if P.expert else Const(0, 1)
+
         # loader: descriptor, then (for a tile) its weight words into bank wr_bank
         wr_full = Mux(wr_bank, full[1], full[0])
         with m.If(~loading):
-            m.d.comb += self.p_i.ready.eq(~wr_full)
-            with m.If(self.p_i.valid & ~wr_full):
+            m.d.comb += self.p_i.ready.eq(~wr_full & ~clearing)
+            with m.If(self.p_i.valid & ~wr_full & ~clearing):
                 for b in range(2):
                     with m.If(wr_bank == b):
                         m.d.sync += desc[b].eq(self.p_i.payload)
@@ -602,7 +607,13 @@ class LinearKernel(wiring.Component):
                 for c in range(TO):
                     m.d.comb += rq_in_acc[c].eq(a_rd[c])
 
-            with m.If(s1_valid):
+            clear_addr = Signal(range(depth))
+            with m.If(clearing):
+                m.d.sync += clear_addr.eq(clear_addr + 1)
+                with m.If(clear_addr == depth - 1):
+                    m.d.sync += clearing.eq(0)
+                m.d.comb += [awp.addr.eq(clear_addr), awp.en.eq(1)]      # wdata stays 0
+            with m.Elif(s1_valid):
                 m.d.comb += [awp.addr.eq(s1_addr), awp.en.eq(1)]
                 for c in range(TO):
                     m.d.comb += wdata[c].eq(a_rd[c] + s1_gate * s1_val[c])

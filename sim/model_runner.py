@@ -86,11 +86,16 @@ class ModelSimResult:
 
 
 def model_job(comp: Compiled, feeds: list[np.ndarray], name: str, stalls: bool, seed: int, latency: int = 12,
-              max_cycles: int = 2_000_000) -> dict:
+              max_cycles: int = 2_000_000, reset_after: int | None = None) -> dict:
     """One testbench job: the image, what the host writes into the input buffer for each run
     (``feeds``), the memory model's behaviour. Without ``stalls`` the memory answers every read
     after ``latency`` cycles at one word per cycle; with them, the latency varies per burst
-    (+0..8), ready signals drop 20% of cycles and read beats 10%."""
+    (+0..8), ready signals drop 20% of cycles and read beats 10%. ``reset_after``: first start
+    the first image and reset the accelerator that many cycles into its run (registers left
+    mid-run), then run every image."""
+    if reset_after is not None and (isinstance(reset_after, bool) or not isinstance(reset_after, int)
+                                    or reset_after < 1):
+        raise ValueError(f"reset_after={reset_after!r}: pass a cycle count >= 1 (or None for no reset)")
     inputs = []
     for f in feeds:
         scratch = bytearray(len(comp.image))
@@ -103,7 +108,7 @@ def model_job(comp: Compiled, feeds: list[np.ndarray], name: str, stalls: bool, 
     return {"name": name, "image": bytes(comp.image), "base": MEM_BASE, "program_offset": comp.program_offset,
             "inputs": inputs, "stalls": bool(stalls), "seed": int(seed), "latency": latency,
             "jitter": 8 if stalls else 0, "p_ready": 0.8, "p_beat": 0.9 if stalls else 1.0,
-            "max_cycles": max_cycles, "keep_memory": True, "watch": watch,
+            "max_cycles": max_cycles, "keep_memory": True, "watch": watch, "reset_after": reset_after,
             "comments": [i["comment"] for i in comp.program]}
 
 
@@ -157,8 +162,9 @@ def _build(params: TopParams, simulator: str, waves: bool, verbose: bool):
 def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | None = None, *, stalls: bool = False,
               seed: int = 0, simulator: str = "verilator", waves: bool = False, verbose: bool = False,
               start: int = 0, progress=None, comp: Compiled | None = None, latency: int = 12,
-              blocks: list[int] | None = None) -> ModelSimResult:
-    """Run ``images`` test images of model ``name`` through the RTL; compare with the reference."""
+              blocks: list[int] | None = None, reset_after: int | None = None) -> ModelSimResult:
+    """Run ``images`` test images of model ``name`` through the RTL; compare with the reference.
+    ``reset_after``: a first run of image 0 cut short by a reset that many cycles in (model_job)."""
     from accel.compiler_cost import MemoryTiming, predict_cycles
     from accel.models.data import eval_set
     from accel.models.reference import load_reference
@@ -178,7 +184,7 @@ def run_model(name: str = "digits-moe", images: int = 4, params: TopParams | Non
     out = ref.run(q)
     say(f"building the {simulator} simulator of the accelerator (cached after the first time)")
     bdir = _build(params, simulator, waves, verbose)
-    job = model_job(comp, feeds_for(comp, ref, q), name, stalls, seed, latency=latency)
+    job = model_job(comp, feeds_for(comp, ref, q), name, stalls, seed, latency=latency, reset_after=reset_after)
     say(f"simulating {images} image(s) in RTL")
     t0 = time.time()
     res = run_cocotb_jobs(bdir, simulator, [job], waves, "model", verbose, toplevel=TOPLEVEL,

@@ -21,13 +21,14 @@ from accel.hdl.top import REG
 from accel.sim.axi_memory import AxiLiteMaster, AxiMemory, AxiProtocolError
 
 
-async def _cycles(dut, parts, n, cycle):
+async def _cycles(dut, parts, n, cycle, sample: bool = True):
     for _ in range(n):
         for p in parts:
             p.drive(cycle)
         await ReadOnly()
-        for p in parts:
-            p.sample(cycle)
+        if sample:
+            for p in parts:
+                p.sample(cycle)
         await RisingEdge(dut.ap_clk)
         cycle += 1
     return cycle
@@ -37,23 +38,43 @@ async def run_job(dut, job: dict) -> dict:
     t0 = time.time()
     mem = bytearray(job["image"])
     rng = random.Random(job["seed"]) if job["stalls"] else None
-    axi = AxiMemory(dut, mem, job["base"], rng, latency=job["latency"], jitter=job["jitter"],
-                    p_ready=job["p_ready"] if rng else 1.0, p_beat=job["p_beat"])
-    ctl = AxiLiteMaster(dut)
-    n_ins = len(job["comments"])
-    axi.watch = (job["program_offset"], job["program_offset"] + 64 * n_ins, 64)
+
+    def host_side():
+        axi = AxiMemory(dut, mem, job["base"], rng, latency=job["latency"], jitter=job["jitter"],
+                        p_ready=job["p_ready"] if rng else 1.0, p_beat=job["p_beat"])
+        axi.watch = (job["program_offset"], job["program_offset"] + 64 * len(job["comments"]), 64)
+        return axi, AxiLiteMaster(dut)
+
+    async def reset(parts, cycle):
+        # the memory and the control master are reset with the accelerator (one ARESETn): they
+        # take no transfer while it is low, not even one the accelerator offered as it fell
+        dut.ap_rst_n.value = 0
+        cycle = await _cycles(dut, parts, 4, cycle, sample=False)
+        dut.ap_rst_n.value = 1
+        return await _cycles(dut, parts, 2, cycle)
+
+    def start_run(ctl):
+        for reg, v in ((REG.MEM_LO, job["base"] & 0xFFFFFFFF), (REG.MEM_HI, job["base"] >> 32),
+                       (REG.PROGRAM, job["program_offset"]), (REG.GIE, 1), (REG.IER, 1), (REG.CTRL, 1)):
+            ctl.write(reg, v)
+
+    axi, ctl = host_side()
     parts = [axi, ctl]
-    dut.ap_rst_n.value = 0
-    cycle = await _cycles(dut, parts, 4, 0)
-    dut.ap_rst_n.value = 1
-    cycle = await _cycles(dut, parts, 2, cycle)
+    cycle = await reset(parts, 0)
+    if job.get("reset_after"):
+        # a run cut short by a reset: the next runs must not see anything it left in the registers
+        offset, data = job["inputs"][0]
+        mem[offset:offset + len(data)] = data
+        start_run(ctl)
+        cycle = await _cycles(dut, parts, job["reset_after"], cycle)
+        axi, ctl = host_side()          # the host's side restarts too: no burst or register access in flight
+        parts = [axi, ctl]
+        cycle = await reset(parts, cycle)
     runs = []
     error = None
     for k, (offset, data) in enumerate(job["inputs"]):
         mem[offset:offset + len(data)] = data
-        for reg, v in ((REG.MEM_LO, job["base"] & 0xFFFFFFFF), (REG.MEM_HI, job["base"] >> 32),
-                       (REG.PROGRAM, job["program_offset"]), (REG.GIE, 1), (REG.IER, 1), (REG.CTRL, 1)):
-            ctl.write(reg, v)
+        start_run(ctl)
         axi.marks = {}
         start = cycle
         limit = cycle + job["max_cycles"]

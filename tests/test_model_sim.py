@@ -93,6 +93,18 @@ def test_digits_moe_in_rtl_with_stalls_is_bit_exact(digits_design):
 
 
 @needs_verilator
+@pytest.mark.parametrize("reset_after", [6_000, 24_000, 29_000])
+def test_a_reset_in_the_middle_of_a_run_leaves_nothing_behind(digits_design, reset_after):
+    """Datapath registers have no reset (their contents count only under a valid flag): a run cut
+    short by a reset leaves them full of its data, and the run after it must still be exact. The
+    cut falls (with these stalls) in block 0's attention (6,000 cycles in), block 1's gate
+    (24,000) and its second expert (29,000)."""
+    r = run_model("digits-moe", images=1, params=digits_design, stalls=True, seed=5, reset_after=reset_after)
+    assert r.error is None, r.error
+    assert r.mismatches == 0 and r.first_mismatch is None
+
+
+@needs_verilator
 def test_one_design_runs_a_second_model_with_empty_experts(digits_design):
     """micro-moe (dim 32, 5 tokens, 3 experts top-1) on the RTL generated for digits-moe;
     images 0 and 7 leave one and two experts without tokens."""
