@@ -311,28 +311,28 @@ class AttentionKernel(wiring.Component):
         # ================= shared multipliers: K -> q * k, V -> e * v ==================
         pv = Signal()   # product register holds K products
         pvv = Signal()  # product register holds V products
-        p_chunk = Signal.like(chunk)
-        p_key = Signal.like(key)
-        prod = [[Signal(signed(25), name=f"prod_{s}_{h}_{t}") for t in range(TA)] for (s, h) in lanes]
-        e_at_p = [Signal(16, name=f"ep_{s}_{h}") for (s, h) in lanes]
+        p_chunk = Signal.like(chunk, reset_less=True)
+        p_key = Signal.like(key, reset_less=True)
+        prod = [[Signal(signed(25), name=f"prod_{s}_{h}_{t}", reset_less=True) for t in range(TA)] for (s, h) in lanes]
+        e_at_p = [Signal(16, name=f"ep_{s}_{h}", reset_less=True) for (s, h) in lanes]
 
         # V pipeline registers (stage 1 .. NVS), v data carried along
         NVS = 7
         vval = [Signal(name=f"vval{i}") for i in range(NVS + 1)]
-        vchk = [Signal.like(chunk, name=f"vchk{i}") for i in range(NVS + 1)]
-        vkey = [Signal.like(key, name=f"vkey{i}") for i in range(NVS + 1)]
-        vdat = [Signal(8 * H * TA, name=f"vdat{i}") for i in range(NVS + 1)]
+        vchk = [Signal.like(chunk, name=f"vchk{i}", reset_less=True) for i in range(NVS + 1)]
+        vkey = [Signal.like(key, name=f"vkey{i}", reset_less=True) for i in range(NVS + 1)]
+        vdat = [Signal(8 * H * TA, name=f"vdat{i}", reset_less=True) for i in range(NVS + 1)]
         m.d.sync += [vval[0].eq(v_ok), vchk[0].eq(chunk), vkey[0].eq(key),
                      vdat[0].eq(self.v_i.payload.data.as_value())]
         for i in range(1, NVS):
             m.d.sync += [vval[i].eq(vval[i - 1]), vchk[i].eq(vchk[i - 1]), vkey[i].eq(vkey[i - 1]),
                          vdat[i].eq(vdat[i - 1])]
         # stage 1: D = max - S (score read issued at acceptance with address = key)
-        d2 = [Signal(DB, name=f"d_{s}_{h}") for (s, h) in lanes]
-        ep3 = [Signal(EB, name=f"eprod_{s}_{h}") for (s, h) in lanes]
-        frac4 = [Signal(EXP2_FRAC_BITS, name=f"frac_{s}_{h}") for (s, h) in lanes]
-        sh4 = [Signal(range(EXP_SHIFT_SAT + 1), name=f"sh_{s}_{h}") for (s, h) in lanes]
-        e5 = [Signal(16, name=f"e_{s}_{h}") for (s, h) in lanes]
+        d2 = [Signal(DB, name=f"d_{s}_{h}", reset_less=True) for (s, h) in lanes]
+        ep3 = [Signal(EB, name=f"eprod_{s}_{h}", reset_less=True) for (s, h) in lanes]
+        frac4 = [Signal(EXP2_FRAC_BITS, name=f"frac_{s}_{h}", reset_less=True) for (s, h) in lanes]
+        sh4 = [Signal(range(EXP_SHIFT_SAT + 1), name=f"sh_{s}_{h}", reset_less=True) for (s, h) in lanes]
+        e5 = [Signal(16, name=f"e_{s}_{h}", reset_less=True) for (s, h) in lanes]
         es_m1 = Signal(6)       # exp_shift - 1 and exp_shift == 0: registers set with exp_shift
         es_zero = Signal()
         for r in range(NA):
@@ -363,10 +363,10 @@ class AttentionKernel(wiring.Component):
         # the beat is taken, so the products do not start at the input stream (on the ECP5 the
         # packer's beat through the operand multiplexer into the multipliers was the longest path)
         k0_v = Signal()
-        k0_chunk = Signal.like(chunk)
-        k0_key = Signal.like(key)
-        k0_data = Signal.like(kdata)
-        k0_q = [Signal(8 * TA, name=f"k0_q_{s}_{h}") for (s, h) in lanes]
+        k0_chunk = Signal.like(chunk, reset_less=True)
+        k0_key = Signal.like(key, reset_less=True)
+        k0_data = Signal.like(kdata, reset_less=True)
+        k0_q = [Signal(8 * TA, name=f"k0_q_{s}_{h}", reset_less=True) for (s, h) in lanes]
         m.d.sync += [k0_v.eq(k_ok), k0_chunk.eq(chunk), k0_key.eq(key), k0_data.eq(kdata)]
         m.d.sync += [k0_q[li].eq(qch[li][0]) for li in range(len(lanes))]
 
@@ -389,12 +389,12 @@ class AttentionKernel(wiring.Component):
 
         # ================= K path: dot product, chunk accumulation, max, score write ========
         b_val = Signal()
-        b_chunk = Signal.like(chunk)
-        b_key = Signal.like(key)
+        b_chunk = Signal.like(chunk, reset_less=True)
+        b_key = Signal.like(key, reset_less=True)
         c_val = Signal()
-        c_key = Signal.like(key)
-        dot = [Signal(signed(SB + 1), name=f"dot_{s}_{h}") for (s, h) in lanes]
-        sacc = [Signal(signed(SB), name=f"s_{s}_{h}") for (s, h) in lanes]
+        c_key = Signal.like(key, reset_less=True)
+        dot = [Signal(signed(SB + 1), name=f"dot_{s}_{h}", reset_less=True) for (s, h) in lanes]
+        sacc = [Signal(signed(SB), name=f"s_{s}_{h}", reset_less=True) for (s, h) in lanes]
         m.d.sync += [b_val.eq(pv), b_chunk.eq(p_chunk), b_key.eq(p_key),
                      c_val.eq(b_val & (b_chunk == C - 1)), c_key.eq(b_key)]
         for li in range(NLN):
@@ -421,21 +421,21 @@ class AttentionKernel(wiring.Component):
         m.d.comb += o_en.eq(~o2_val | self.o_o.ready)
         issue = Signal()
         m.d.comb += issue.eq((state == S_OUT) & o_en)
-        o1 = [[Signal(signed(AB + RB + 1), name=f"o1_{h}_{t}") for t in range(TA)] for h in range(H)]
-        o1_tok = Signal(P.tok_bits)
-        o1_chunk = Signal.like(chunk)
+        o1 = [[Signal(signed(AB + RB + 1), name=f"o1_{h}_{t}", reset_less=True) for t in range(TA)] for h in range(H)]
+        o1_tok = Signal(P.tok_bits, reset_less=True)
+        o1_chunk = Signal.like(chunk, reset_less=True)
         o1_first = Signal()
         o1_last = Signal()
         # stage Q between the product and the output register: the product shifted by out_shift - 1
         # (shift, round and clamp in one cycle were the kernel's ECP5 critical path, 21.6 ns)
-        oq = [Signal(signed(AB + RB + 1), name=f"oq_{i}") for i in range(H * TA)]
-        oq_tok = Signal(P.tok_bits)
-        oq_chunk = Signal.like(chunk)
+        oq = [Signal(signed(AB + RB + 1), name=f"oq_{i}", reset_less=True) for i in range(H * TA)]
+        oq_tok = Signal(P.tok_bits, reset_less=True)
+        oq_chunk = Signal.like(chunk, reset_less=True)
         oq_first = Signal()
         oq_last = Signal()
-        o2 = [Signal(signed(8), name=f"o2_{i}") for i in range(H * TA)]
-        o2_tok = Signal(P.tok_bits)
-        o2_chunk = Signal.like(chunk)
+        o2 = [Signal(signed(8), name=f"o2_{i}", reset_less=True) for i in range(H * TA)]
+        o2_tok = Signal(P.tok_bits, reset_less=True)
+        o2_chunk = Signal.like(chunk, reset_less=True)
         o2_first = Signal()
         o2_last = Signal()
         os_m1 = Signal(6)

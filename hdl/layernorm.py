@@ -181,17 +181,17 @@ class LayerNormUnit(wiring.Component):
         # products start at the input stream nor the adder tree follows the products (on the
         # ECP5 the packer's beat through x*x into Q was a 12-level path, x*x and the tree 11.75).
         x_v, x_last, x_bank = Signal(), Signal(), Signal()
-        x_r = Signal.like(self.x_i.payload.data)
+        x_r = Signal.like(self.x_i.payload.data, reset_less=True)
         q_v, q_last, q_bank = Signal(), Signal(), Signal()
-        sum_r = Signal(signed(16 + L.bit_length()))                     # |sum of L lanes| <= L * 2**15
-        sq_r = [Signal(unsigned(31), name=f"sq{i}") for i in range(L)]  # x*x <= 2**30
+        sum_r = Signal(signed(16 + L.bit_length()), reset_less=True)                     # |sum of L lanes| <= L * 2**15
+        sq_r = [Signal(unsigned(31), name=f"sq{i}", reset_less=True) for i in range(L)]  # x*x <= 2**30
         lane_sum = sum_r
         lane_sq = sum(sq_r)
         bank_free = ~full.bit_select(in_bank, 1)
         stats_take = Signal()   # the stats engine takes the finished row this cycle
         row_done = Signal()     # an ingested row waits for the stats engine
-        done_s = Signal(signed(27))
-        done_q = Signal(unsigned(42))
+        done_s = Signal(signed(27), reset_less=True)
+        done_q = Signal(unsigned(42), reset_less=True)
         done_bank = Signal()
         take_x = Signal()
         m.d.comb += [self.x_i.ready.eq(bank_free & ~row_done & ~(x_v & x_last) & ~(q_v & q_last) & ~self.c_i.valid),
@@ -218,22 +218,22 @@ class LayerNormUnit(wiring.Component):
             m.d.sync += row_done.eq(0)
 
         # ---------------------------------------------------------------- stats engine
-        st_s = Signal(signed(27))
+        st_s = Signal(signed(27), reset_less=True)
         st_bank = Signal()
         K = P.stats_steps
-        vsh = Signal(unsigned(62))       # var << 12 (< 2**62), consumed two bits per step from the top
-        root = Signal(unsigned(STD_BITS))
-        rem = Signal(unsigned(STD_BITS + 3))
-        nsh = Signal(unsigned(LN_RECIP_BITS + 1))     # the dividend 2**46, consumed one bit per step
-        quo = Signal(unsigned(LN_RECIP_BITS + 1))
-        drem = Signal(unsigned(STD_BITS + 1))
+        vsh = Signal(unsigned(62), reset_less=True)       # var << 12 (< 2**62), consumed two bits per step from the top
+        root = Signal(unsigned(STD_BITS), reset_less=True)
+        rem = Signal(unsigned(STD_BITS + 3), reset_less=True)
+        nsh = Signal(unsigned(LN_RECIP_BITS + 1), reset_less=True)     # the dividend 2**46, consumed one bit per step
+        quo = Signal(unsigned(LN_RECIP_BITS + 1), reset_less=True)
+        drem = Signal(unsigned(STD_BITS + 1), reset_less=True)
         left = Signal(range(LN_RECIP_BITS + 2))       # steps left in the current phase
-        f_val = Signal(unsigned(F_BITS))
+        f_val = Signal(unsigned(F_BITS), reset_less=True)
         emit_go = Signal()               # stats done, the row may emit
         emit_busy = Signal()
 
-        cq = Signal(unsigned(53))        # C * Q (C < 2**11, Q < 2**42)
-        ss = Signal(unsigned(53))        # S * S (|S| < 2**26)
+        cq = Signal(unsigned(53), reset_less=True)        # C * Q (C < 2**11, Q < 2**42)
+        ss = Signal(unsigned(53), reset_less=True)        # S * S (|S| < 2**26)
         with m.FSM(name="stats"):
             with m.State("IDLE"):
                 m.d.comb += stats_take.eq(row_done & ~emit_go)
@@ -306,8 +306,8 @@ class LayerNormUnit(wiring.Component):
         G = L // E
         out_valid = Signal()
         stall = out_valid & ~self.y_o.ready
-        e_s = Signal(signed(27))
-        e_f = Signal(unsigned(F_BITS))
+        e_s = Signal(signed(27), reset_less=True)
+        e_f = Signal(unsigned(F_BITS), reset_less=True)
         e_bank = Signal()
         e_beat = Signal(range(NB + 1))
         e_sub = Signal(range(G))
@@ -318,23 +318,23 @@ class LayerNormUnit(wiring.Component):
         a0_valid, a0_last = Signal(), Signal()
         a0_sub = Signal(range(G))
         a0_f = Signal.like(e_f)
-        yc0 = [Signal(signed(28), name=f"yc{i}") for i in range(E)]       # |yc| < 2**26
-        a0_mult = [Signal(signed(MULT_BITS), name=f"a0_mult{i}") for i in range(E)]
-        a0_off = [Signal(signed(OFFSET_BITS), name=f"a0_off{i}") for i in range(E)]
+        yc0 = [Signal(signed(28), name=f"yc{i}", reset_less=True) for i in range(E)]       # |yc| < 2**26
+        a0_mult = [Signal(signed(MULT_BITS), name=f"a0_mult{i}", reset_less=True) for i in range(E)]
+        a0_off = [Signal(signed(OFFSET_BITS), name=f"a0_off{i}", reset_less=True) for i in range(E)]
         c1_valid, c1_last = Signal(), Signal()
         c1_sub = Signal(range(G))
-        c1_v = [Signal(signed(50), name=f"c1_v{i}") for i in range(E)]
-        z = [Signal(signed(18), name=f"z{i}") for i in range(E)]   # |z| <= 2**15 + 1
-        t = [Signal(signed(50), name=f"t{i}") for i in range(E)]   # |z*mult| < 2**41, |offset| < 2**47
-        a_mult = [Signal(signed(MULT_BITS), name=f"a_mult{i}") for i in range(E)]
-        a_off = [Signal(signed(OFFSET_BITS), name=f"a_off{i}") for i in range(E)]
-        out_data = Signal(data.ArrayLayout(signed(8), L))
+        c1_v = [Signal(signed(50), name=f"c1_v{i}", reset_less=True) for i in range(E)]
+        z = [Signal(signed(18), name=f"z{i}", reset_less=True) for i in range(E)]   # |z| <= 2**15 + 1
+        t = [Signal(signed(50), name=f"t{i}", reset_less=True) for i in range(E)]   # |z*mult| < 2**41, |offset| < 2**47
+        a_mult = [Signal(signed(MULT_BITS), name=f"a_mult{i}", reset_less=True) for i in range(E)]
+        a_off = [Signal(signed(OFFSET_BITS), name=f"a_off{i}", reset_less=True) for i in range(E)]
+        out_data = Signal(data.ArrayLayout(signed(8), L), reset_less=True)
         out_last = Signal()
 
         # the E lanes of sub-step r_sub of the beat just read
-        r_x = [Signal(signed(16), name=f"r_x{j}") for j in range(E)]
-        r_mult = [Signal(signed(MULT_BITS), name=f"r_mult{j}") for j in range(E)]
-        r_off = [Signal(signed(OFFSET_BITS), name=f"r_off{j}") for j in range(E)]
+        r_x = [Signal(signed(16), name=f"r_x{j}", reset_less=True) for j in range(E)]
+        r_mult = [Signal(signed(MULT_BITS), name=f"r_mult{j}", reset_less=True) for j in range(E)]
+        r_off = [Signal(signed(OFFSET_BITS), name=f"r_off{j}", reset_less=True) for j in range(E)]
         with m.Switch(r_sub):
             for g in range(G):
                 with m.Case(g):
@@ -353,9 +353,9 @@ class LayerNormUnit(wiring.Component):
         m_sub = Signal(range(G))
         m_s = Signal.like(e_s)
         m_f = Signal.like(e_f)
-        m_x = [Signal(signed(16), name=f"m_x{j}") for j in range(E)]
-        m_mult = [Signal(signed(MULT_BITS), name=f"m_mult{j}") for j in range(E)]
-        m_off = [Signal(signed(OFFSET_BITS), name=f"m_off{j}") for j in range(E)]
+        m_x = [Signal(signed(16), name=f"m_x{j}", reset_less=True) for j in range(E)]
+        m_mult = [Signal(signed(MULT_BITS), name=f"m_mult{j}", reset_less=True) for j in range(E)]
+        m_off = [Signal(signed(OFFSET_BITS), name=f"m_off{j}", reset_less=True) for j in range(E)]
         beat_end = e_sub == G - 1
         with m.If(~stall):
             m.d.sync += [r_valid.eq(e_issue), r_last.eq(e_issue & (e_beat == beats - 1) & beat_end),

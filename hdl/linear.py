@@ -257,7 +257,7 @@ class LinearKernel(wiring.Component):
         m.submodules.wmem = wmem = Memory(shape=unsigned(TO * TI * 8), depth=2 << KB, init=[])
         wwp = wmem.write_port()
         wrp = wmem.read_port(domain="sync")
-        desc = [Signal(DL, name=f"desc{b}") for b in range(2)]
+        desc = [Signal(DL, name=f"desc{b}", reset_less=True) for b in range(2)]
         full = [Signal(name=f"full{b}") for b in range(2)]
         full_set = [Signal(name=f"full_set{b}") for b in range(2)]
         full_clr = [Signal(name=f"full_clr{b}") for b in range(2)]
@@ -328,7 +328,7 @@ class LinearKernel(wiring.Component):
 
         # stage B: activations registered, weight word arriving from the bank
         b_valid = Signal()
-        b_x = Signal(self._layouts["x"])
+        b_x = Signal(self._layouts["x"], reset_less=True)
         b_bank = Signal()
         b_pfirst = Signal()
         with m.If(mac_en):
@@ -338,9 +338,9 @@ class LinearKernel(wiring.Component):
 
         # a beat's bookkeeping as it moves from stage to stage beside the data
         def mac_stage(n):
-            return SimpleNamespace(valid=Signal(name=f"{n}_valid"), lanes=Signal(NL, name=f"{n}_lanes"),
-                                   tok=[Signal(TKB, name=f"{n}_tok{l}") for l in range(NL)],
-                                   gate=[Signal(GATE_BITS, name=f"{n}_gate{l}") for l in range(NL)],
+            return SimpleNamespace(valid=Signal(name=f"{n}_valid"), lanes=Signal(NL, name=f"{n}_lanes", reset_less=True),
+                                   tok=[Signal(TKB, name=f"{n}_tok{l}", reset_less=True) for l in range(NL)],
+                                   gate=[Signal(GATE_BITS, name=f"{n}_gate{l}", reset_less=True) for l in range(NL)],
                                    first=Signal(name=f"{n}_first"), last=Signal(name=f"{n}_last"),
                                    tlast=Signal(name=f"{n}_tlast"), bank=Signal(name=f"{n}_bank"),
                                    pfirst=Signal(name=f"{n}_pfirst"))
@@ -358,11 +358,11 @@ class LinearKernel(wiring.Component):
         # RAM late in the cycle; with products built in LUTs the multiply and the adder tree
         # together were the deepest path of the design on the ECP5)
         stage_p = mac_stage("p")
-        p_prod = [[[Signal(signed(16), name=f"p_prod_{l}_{c}_{i}") for i in range(TI)] for c in range(TO)]
+        p_prod = [[[Signal(signed(16), name=f"p_prod_{l}_{c}_{i}", reset_less=True) for i in range(TI)] for c in range(TO)]
                   for l in range(NL)]
         # stage C: N_L x T_out sums of T_in products
         stage_c = mac_stage("c")
-        c_psum = [[Signal(signed(SW), name=f"c_psum_{l}_{c}") for c in range(TO)] for l in range(NL)]
+        c_psum = [[Signal(signed(SW), name=f"c_psum_{l}_{c}", reset_less=True) for c in range(TO)] for l in range(NL)]
         with m.If(mac_en):
             follow(stage_p, stage_b)
             follow(stage_c, stage_p)
@@ -377,18 +377,18 @@ class LinearKernel(wiring.Component):
                                                       stage_c.pfirst)
 
         # accumulators and the hold register (one finished group, bias added, constants copied)
-        acc = [[Signal(signed(SW), name=f"acc_{l}_{c}") for c in range(TO)] for l in range(NL)]
+        acc = [[Signal(signed(SW), name=f"acc_{l}_{c}", reset_less=True) for c in range(TO)] for l in range(NL)]
         h_valid = Signal()
-        h_acc = [Array(Signal(signed(RW), name=f"h_acc_{l}_{c}") for l in range(NL)) for c in range(TO)]
+        h_acc = [Array(Signal(signed(RW), name=f"h_acc_{l}_{c}", reset_less=True) for l in range(NL)) for c in range(TO)]
         h_lanes = Signal(NL)
-        h_tok = Array(Signal(TKB, name=f"h_tok{l}") for l in range(NL))
-        h_gate = Array(Signal(GATE_BITS, name=f"h_gate{l}") for l in range(NL))
-        h_mult = [Signal(31, name=f"h_mult{c}") for c in range(TO)]
-        h_shift = [Signal(6, name=f"h_shift{c}") for c in range(TO)]
+        h_tok = Array(Signal(TKB, name=f"h_tok{l}", reset_less=True) for l in range(NL))
+        h_gate = Array(Signal(GATE_BITS, name=f"h_gate{l}", reset_less=True) for l in range(NL))
+        h_mult = [Signal(31, name=f"h_mult{c}", reset_less=True) for c in range(TO)]
+        h_shift = [Signal(6, name=f"h_shift{c}", reset_less=True) for c in range(TO)]
         h_out16 = Signal()
         h_gelu = Signal()
         h_expert = Signal()
-        h_tile = Signal(TB)
+        h_tile = Signal(TB, reset_less=True)
         h_tlast = Signal()
         h_pfirst = Signal()
         h_freeing = Signal()
@@ -448,8 +448,8 @@ class LinearKernel(wiring.Component):
         f_tile = Signal(TB + 1)
         f_issued_all = Signal()
         f1_valid = Signal()
-        f1_tok = Signal(TKB)
-        f1_tile = Signal(TB)
+        f1_tok = Signal(TKB, reset_less=True)
+        f1_tile = Signal(TB, reset_less=True)
         f1_first = Signal()
         f1_last = Signal()
         m.d.comb += flushing.eq(f_run)
@@ -472,21 +472,21 @@ class LinearKernel(wiring.Component):
 
         # ------------------------------------------------------------------ requantizer
         r1_valid = Signal()
-        r1_prod = [Signal(signed(PW), name=f"r1_prod{c}") for c in range(TO)]
+        r1_prod = [Signal(signed(PW), name=f"r1_prod{c}", reset_less=True) for c in range(TO)]
         r1_big = [Signal(name=f"r1_big{c}") for c in range(TO)]
         r1_pos = [Signal(name=f"r1_pos{c}") for c in range(TO)]
         r1_neg = [Signal(name=f"r1_neg{c}") for c in range(TO)]
-        r1_shift = [Signal(6, name=f"r1_shift{c}") for c in range(TO)]
+        r1_shift = [Signal(6, name=f"r1_shift{c}", reset_less=True) for c in range(TO)]
         meta_in = Cat(rq_in_out16, rq_in_gelu, rq_in_scatter, rq_in_flush, rq_in_tok, rq_in_gate,
                       rq_in_tile, rq_in_first, rq_in_last)
-        r1_meta = Signal(len(meta_in))
+        r1_meta = Signal(len(meta_in), reset_less=True)
         # stage r0 registers the requantizer's inputs: the accumulator memory's read data and the
         # hold register's lane mux stay out of the product's cycle (an ECP5 timing path)
         r0_valid = Signal()
-        r0_meta = Signal(len(meta_in))
-        r0_acc = [Signal(signed(RW), name=f"r0_acc{c}") for c in range(TO)]
-        r0_mult = [Signal(31, name=f"r0_mult{c}") for c in range(TO)]
-        r0_shift = [Signal(6, name=f"r0_shift{c}") for c in range(TO)]
+        r0_meta = Signal(len(meta_in), reset_less=True)
+        r0_acc = [Signal(signed(RW), name=f"r0_acc{c}", reset_less=True) for c in range(TO)]
+        r0_mult = [Signal(31, name=f"r0_mult{c}", reset_less=True) for c in range(TO)]
+        r0_shift = [Signal(6, name=f"r0_shift{c}", reset_less=True) for c in range(TO)]
         with m.If(rq_en):
             m.d.sync += [r0_valid.eq(rq_in_valid), r0_meta.eq(meta_in)]
             for c in range(TO):
@@ -505,11 +505,11 @@ class LinearKernel(wiring.Component):
                 ]
 
         r2_valid = Signal()
-        r2_meta = Signal(len(meta_in))
-        r2_y = [Signal(signed(16), name=f"r2_y{c}") for c in range(TO)]
+        r2_meta = Signal(len(meta_in), reset_less=True)
+        r2_y = [Signal(signed(16), name=f"r2_y{c}", reset_less=True) for c in range(TO)]
         r4_valid = Signal()
-        r4_meta = Signal(len(meta_in))
-        r4_y = [Signal(signed(16), name=f"r4_y{c}") for c in range(TO)]
+        r4_meta = Signal(len(meta_in), reset_less=True)
+        r4_y = [Signal(signed(16), name=f"r4_y{c}", reset_less=True) for c in range(TO)]
         m.submodules.gelu = gmem = Memory(shape=unsigned(8), depth=256, init=[])
         gwp = gmem.write_port()
         m.d.comb += [self.g_i.ready.eq(1), gwp.addr.eq(self.g_i.payload.addr),
@@ -517,8 +517,8 @@ class LinearKernel(wiring.Component):
         # stage r3 (between r1 and r2): the product shifted by s - 1 (or kept when s = 0); the
         # rounding increment and the clamp follow in the next cycle
         r3_valid = Signal()
-        r3_meta = Signal(len(meta_in))
-        r3_v = [Signal(signed(PW), name=f"r3_v{c}") for c in range(TO)]
+        r3_meta = Signal(len(meta_in), reset_less=True)
+        r3_v = [Signal(signed(PW), name=f"r3_v{c}", reset_less=True) for c in range(TO)]
         r3_s0 = [Signal(name=f"r3_s0{c}") for c in range(TO)]
         r3_big = [Signal(name=f"r3_big{c}") for c in range(TO)]
         r3_pos = [Signal(name=f"r3_pos{c}") for c in range(TO)]
@@ -584,9 +584,9 @@ class LinearKernel(wiring.Component):
             arp = amem.read_port(domain="sync", transparent_for=(awp,))
             a_rd = data.View(data.ArrayLayout(signed(AB), TO), arp.data)
             s1_valid = Signal()
-            s1_addr = Signal(TB + TKB)
-            s1_gate = Signal(GATE_BITS)
-            s1_val = [Signal(signed(16), name=f"s1_val{c}") for c in range(TO)]
+            s1_addr = Signal(TB + TKB, reset_less=True)
+            s1_gate = Signal(GATE_BITS, reset_less=True)
+            s1_val = [Signal(signed(16), name=f"s1_val{c}", reset_less=True) for c in range(TO)]
             s_fire = r2_valid & r2_scatter          # the scatter unit is always ready
             m.d.sync += s1_valid.eq(s_fire)
             with m.If(s_fire):

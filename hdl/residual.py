@@ -119,14 +119,14 @@ class ResidualUnit(wiring.Component):
         mult_b = Signal(unsigned(RES_MULT_BITS))
         shift = Signal(6)
         p_valid, p_last, p_end = Signal(), Signal(), Signal()
-        s = [Signal(signed(40), name=f"sum{i}") for i in range(C)]
+        s = [Signal(signed(40), name=f"sum{i}", reset_less=True) for i in range(C)]
         q_valid, q_last, q_end = Signal(), Signal(), Signal()
-        q = [Signal(signed(40), name=f"shifted{i}") for i in range(C)]
+        q = [Signal(signed(40), name=f"shifted{i}", reset_less=True) for i in range(C)]
         o_valid, o_last = Signal(), Signal()
-        o_y = Signal(data.ArrayLayout(signed(16), L))
+        o_y = Signal(data.ArrayLayout(signed(16), L), reset_less=True)
         stall = o_valid & ~self.o_o.ready
         i_valid = Signal()
-        i_pay = Signal.like(self.i_i.payload)
+        i_pay = Signal.like(self.i_i.payload, reset_less=True)
         # the step of the held beat: lanes [step*C, step*C + C) are multiplied this cycle
         step = Signal(range(S), name="step")
         p_step, q_step = Signal.like(step, name="p_step"), Signal.like(step, name="q_step")
