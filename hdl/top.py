@@ -24,9 +24,9 @@ write (``awlen`` 0), and count acknowledgements for WAIT. Ports and registers: d
 Reset: control state (valid flags, counters, pointers, state machines, accumulators that start
 from their reset value) is reset; datapath registers (beat words, payloads, products, sums,
 pipeline bookkeeping) are ``reset_less``: they count only under a valid flag, and power up at 0
-from the bitstream. On the ECP5 the reset was one net to 17,846 flip-flops (4.4% of the routed
-wires); without its datapath loads the same netlist routed at 41.3 MHz instead of 36.1. A run cut
-short by a reset leaves them full: tests/test_model_sim.py resets runs midway and checks the next.
+from the bitstream. On the ECP5 the reset was one net to 18,189 flip-flops (4.4% of the routed
+wires), 3,538 now (docs/benchmarks.md, "Datapath registers without reset"). A run cut short by a
+reset leaves them full: tests/test_model_sim.py resets runs midway and checks the next.
 """
 from __future__ import annotations
 
