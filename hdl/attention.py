@@ -51,7 +51,7 @@ from amaranth.lib.wiring import In, Out
 from accel.models.errors import AccelError
 from accel.models.intops import ATTN_RECIP_BITS, EXP2_FRAC_BITS, EXP2_OUT_BITS, EXP2_TABLE, IntAttention
 
-from .common import check_int_param, product_pieces, tree_sum
+from .common import check_int_param, tree_sum
 
 __all__ = ["AttentionParamError", "AttentionParams", "AttentionKernel", "attention_layouts",
            "generate_verilog", "MAX_SEQ", "MAX_MACS", "DIV_STEPS"]
@@ -370,19 +370,11 @@ class AttentionKernel(wiring.Component):
         m.d.sync += [k0_v.eq(k_ok), k0_chunk.eq(chunk), k0_key.eq(key), k0_data.eq(kdata)]
         m.d.sync += [k0_q[li].eq(qch[li][0]) for li in range(len(lanes))]
 
-        # multiplier inputs: the K or V operands selected into registers, then the products (the
-        # phase bit fans out to every operand multiplexer; with the DSP blocks behind it in one
-        # cycle that was 21.1 ns across the ECP5, bench/route_slack.py)
+        # multiplier inputs
         vmode = vval[NVS - 1]    # last-stage V beat present (e5 valid for it)
-        mv, mvv = Signal(), Signal()
-        m_chunk, m_key = Signal.like(chunk), Signal.like(key)
-        m_a = [[Signal(signed(17), name=f"ma_{s}_{h}_{t}", reset_less=True) for t in range(TA)] for (s, h) in lanes]
-        m_b = [[Signal(signed(8), name=f"mb_{s}_{h}_{t}", reset_less=True) for t in range(TA)] for (s, h) in lanes]
-        m_e = [Signal(16, name=f"me_{s}_{h}", reset_less=True) for (s, h) in lanes]
-        m.d.sync += [mv.eq(k0_v), mvv.eq(vmode),
-                     m_chunk.eq(Mux(vmode, vchk[NVS - 1], k0_chunk)),
-                     m_key.eq(Mux(vmode, vkey[NVS - 1], k0_key))]
-        m.d.sync += [pv.eq(mv), pvv.eq(mvv), p_chunk.eq(m_chunk), p_key.eq(m_key)]
+        m.d.sync += [pv.eq(k0_v), pvv.eq(vmode),
+                     p_chunk.eq(Mux(vmode, vchk[NVS - 1], k0_chunk)),
+                     p_key.eq(Mux(vmode, vkey[NVS - 1], k0_key))]
         vd5 = vdat[NVS - 1]
         for li, (s, h) in enumerate(lanes):
             qe = elems(k0_q[li], 0, TA)
@@ -390,9 +382,10 @@ class AttentionKernel(wiring.Component):
             ve = elems(vd5, h * TA, TA)
             ea = Cat(e5[li], Const(0, 1)).as_signed()      # e in [0, 2**15]: 17-bit signed
             for t in range(TA):
-                m.d.sync += [m_a[li][t].eq(Mux(vmode, ea, qe[t])), m_b[li][t].eq(Mux(vmode, ve[t], ke[t]))]
-                m.d.sync += prod[li][t].eq(m_a[li][t] * m_b[li][t])
-            m.d.sync += [m_e[li].eq(e5[li]), e_at_p[li].eq(m_e[li])]
+                a = Mux(vmode, ea, qe[t])
+                b = Mux(vmode, ve[t], ke[t])
+                m.d.sync += prod[li][t].eq(a * b)
+            m.d.sync += e_at_p[li].eq(e5[li])
 
         # ================= K path: dot product, chunk accumulation, max, score write ========
         b_val = Signal()
@@ -414,14 +407,13 @@ class AttentionKernel(wiring.Component):
             m.d.comb += [wps[r].addr.eq(c_key), wps[r].en.eq(c_val),
                          wps[r].data.eq(Cat(*[sacc[(r * PQ + l) * H + h] for l in range(PQ) for h in range(H)]))]
         k_busy = Signal()
-        m.d.comb += k_busy.eq(k0_v | mv | pv | b_val | c_val)
+        m.d.comb += k_busy.eq(k0_v | pv | b_val | c_val)
 
         # ================= V path: sum and accumulator chain (stage 6) ======================
         v_busy = Signal()
-        m.d.comb += v_busy.eq(Cat(*vval[:NVS]).any() | mvv | pvv)
+        m.d.comb += v_busy.eq(Cat(*vval[:NVS]).any() | pvv)
 
         # ================= output pipeline (global enable) ==================================
-        op_val = Signal()
         o1_val = Signal()
         oq_val = Signal()
         o2_val = Signal()
@@ -429,16 +421,6 @@ class AttentionKernel(wiring.Component):
         m.d.comb += o_en.eq(~o2_val | self.o_o.ready)
         issue = Signal()
         m.d.comb += issue.eq((state == S_OUT) & o_en)
-        # stage P: the partial products of acc * r, one 18 x 18 block each, registered beside their
-        # DSPs (DSP -> carry chain -> carry chain in one cycle was the whole design's critical
-        # path on the ECP5: 27.7 ns, 20.7 of it routing); stage 1 sums them
-        pieces = [[product_pieces(acch[h][0][t], recip[h]) for t in range(TA)] for h in range(H)]  # slot 0: head
-        pp = [[[Signal(v.shape(), name=f"pp_{h}_{t}_{i}", reset_less=True)
-                for i, (v, _) in enumerate(pieces[h][t])] for t in range(TA)] for h in range(H)]
-        op_tok = Signal(P.tok_bits, reset_less=True)
-        op_chunk = Signal.like(chunk, reset_less=True)
-        op_first = Signal()
-        op_last = Signal()
         o1 = [[Signal(signed(AB + RB + 1), name=f"o1_{h}_{t}", reset_less=True) for t in range(TA)] for h in range(H)]
         o1_tok = Signal(P.tok_bits, reset_less=True)
         o1_chunk = Signal.like(chunk, reset_less=True)
@@ -461,19 +443,16 @@ class AttentionKernel(wiring.Component):
         tok_now = Signal(P.len_bits + 1)
         m.d.comb += tok_now.eq(pass_base + slot)
         with m.If(o_en):
-            m.d.sync += [op_val.eq(issue), o1_val.eq(op_val), oq_val.eq(o1_val), o2_val.eq(oq_val),
-                         op_tok.eq(tok_now), op_chunk.eq(chunk),
-                         op_first.eq((tok_now == 0) & (chunk == 0)),
-                         op_last.eq((tok_now == n_q - 1) & last_chunk),
-                         o1_tok.eq(op_tok), o1_chunk.eq(op_chunk), o1_first.eq(op_first), o1_last.eq(op_last),
+            m.d.sync += [o1_val.eq(issue), oq_val.eq(o1_val), o2_val.eq(oq_val),
+                         o1_tok.eq(tok_now), o1_chunk.eq(chunk),
+                         o1_first.eq((tok_now == 0) & (chunk == 0)),
+                         o1_last.eq((tok_now == n_q - 1) & last_chunk),
                          oq_tok.eq(o1_tok), oq_chunk.eq(o1_chunk), oq_first.eq(o1_first), oq_last.eq(o1_last),
                          o2_tok.eq(oq_tok), o2_chunk.eq(oq_chunk),
                          o2_first.eq(oq_first), o2_last.eq(oq_last)]
             for h in range(H):
                 for t in range(TA):
-                    for i, (v, _) in enumerate(pieces[h][t]):
-                        m.d.sync += pp[h][t][i].eq(v)
-                    m.d.sync += o1[h][t].eq(tree_sum([pp[h][t][i] << sh for i, (_, sh) in enumerate(pieces[h][t])]))
+                    m.d.sync += o1[h][t].eq(acch[h][0][t] * recip[h])   # slot 0 is the chain head
                     m.d.sync += oq[h * TA + t].eq(o1[h][t] >> os_m1)
                     y = Signal(signed(AB + RB + 2), name=f"y_{h}_{t}")
                     m.d.comb += y.eq((oq[h * TA + t] + 1) >> 1)

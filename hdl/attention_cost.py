@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import math
 
-from amaranth import Signal, signed
+from .resources import CostModelError
 
 from .attention import DIV_STEPS, AttentionParams
-from .common import product_pieces
-from .resources import CostModelError
 
 __all__ = ["CostModelError", "attention_cycles", "attention_passes", "attention_resources",
            "K_DRAIN", "V_DRAIN", "OUT_LATENCY", "FAMILIES"]
 
-K_DRAIN = 6        # input register, operands, product, dot product, chunk sum, score write/max, phase switch
-V_DRAIN = 10       # score read, D, D*exp_mult, round/shift, split/clamp, table, shift, operands, product,
-                   # accumulate, switch
-OUT_LATENCY = 4    # partial products with the reciprocal, their sum, shift register, rounding/clamp register
+K_DRAIN = 5        # input register, product, dot product, chunk sum, score write/max, phase switch
+V_DRAIN = 9        # score read, D, D*exp_mult, round/shift, split/clamp, table, shift, product, accumulate, switch
+OUT_LATENCY = 3    # product with the reciprocal, shift register, rounding/clamp register
 CFG_CYCLES = 1
 FAMILIES = ("xcup", "ecp5")
 
@@ -135,24 +132,16 @@ def attention_registers(params: AttentionParams) -> int:
             + SB + UB + RB                    # row max, row sum, reciprocal
             + (15 + RB) + (UB + RB - 1)       # divider remainder and divisor
             + TA * 25 + 16 + 8 * TA           # product registers, e beside them, K-stage query chunk
-            + TA * (17 + 8) + 16              # operand registers and e beside them
             + DB + 2 * EB + 8 + 5 + 16 + 16 + 5   # exp pipeline (u, table output and shift registered)
             + (SB + 1) + SB)                  # dot product, chunk sum
     pipes = (7 * (1 + CB + TB + 8 * H * TA)   # V delay line
              + 2 + CB + TB + 2 + CB + TB      # product / K-path tags
-             + 2 + CB + TB                    # operand stage tags
              + 1 + CB + TB + 8 * H * TA       # K input stage (valid, chunk, key, beat)
-             + H * TA * _partial_bits(AB, RB) + TB + CB + 2   # output partial products
              + H * TA * (AB + RB + 1) + TB + CB + 2   # output product stage
              + H * TA * (AB + RB + 1) + TB + CB + 2   # output shift stage
              + H * TA * 8 + TB + CB + 2)      # output register
     score_rd = P.n_a * P.p * H * SB           # score buffer read register
     return control + NL * lane + pipes + score_rd
-
-
-def _partial_bits(acc_bits: int, recip_bits: int) -> int:
-    """Register bits of the output's partial products (hdl.common.product_pieces of acc x r)."""
-    return sum(len(v) for v, _ in product_pieces(Signal(signed(acc_bits)), Signal(recip_bits)))
 
 
 def attention_resources(params: AttentionParams, family: str) -> dict:
