@@ -135,12 +135,6 @@ class LinearParams:
         return _clog2(self.max_k)
 
     @property
-    def clear_cycles(self) -> int:
-        """Cycles after a reset before the kernel takes an expert tile or FLUSH descriptor (it
-        zeroes the expert accumulator memory, one entry a cycle); 0 without expert mode."""
-        return ((1 << self.tile_bits) << self.tok_bits) if self.expert else 0
-
-    @property
     def tok_bits(self) -> int:
         return _clog2(self.max_tokens)
 
@@ -277,18 +271,16 @@ class LinearKernel(wiring.Component):
         loading = Signal()
         waddr = Signal(KB)
 
-        # after a reset the expert accumulator memory is zeroed, one entry a cycle, before an
-        # expert tile or a FLUSH descriptor is taken (LinearParams.clear_cycles): a run cut short by a reset
-        # leaves partial sums in it, and flushes clear only the entries they read. Dense tiles
-        # pass meanwhile (a model's first expert layer comes long after)
+        # after a reset the expert accumulator memory is zeroed, one entry a cycle, before the
+        # first descriptor is taken: a run cut short by a reset leaves partial sums in it, and
+        # flushes clear only the entries they read
         clearing = Signal(init=1) if P.expert else Const(0, 1)
-        held_back = clearing & (self.p_i.payload.expert | (self.p_i.payload.kind == KIND_FLUSH))
 
         # loader: descriptor, then (for a tile) its weight words into bank wr_bank
         wr_full = Mux(wr_bank, full[1], full[0])
         with m.If(~loading):
-            m.d.comb += self.p_i.ready.eq(~wr_full & ~held_back)
-            with m.If(self.p_i.valid & ~wr_full & ~held_back):
+            m.d.comb += self.p_i.ready.eq(~wr_full & ~clearing)
+            with m.If(self.p_i.valid & ~wr_full & ~clearing):
                 for b in range(2):
                     with m.If(wr_bank == b):
                         m.d.sync += desc[b].eq(self.p_i.payload)

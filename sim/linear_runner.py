@@ -218,7 +218,7 @@ def _job_common(kern, name, kind, expected, d_out, beats, predicted, stalls, see
         "y_fields": field_map(L["y"]), "y_bytes": (L["y"].size + 7) // 8,
         "stalls": bool(stalls), "seed": int(seed),
         "max_cycles": int(20 * predicted + 2000 + 40 * sum(len(b) for b in beats.values())),
-        "params": kern.params.as_dict(), "clear_cycles": kern.params.clear_cycles,
+        "params": kern.params.as_dict(),
     }
 
 

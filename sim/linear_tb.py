@@ -218,10 +218,14 @@ async def run_job(dut, job: dict) -> dict:
         g.sample()
         await RisingEdge(dut.clk)
     g.idle()
-    # an expert-mode kernel zeroes its accumulator memory after reset before it takes an expert
+    # an expert-mode kernel zeroes its accumulator memory after reset before it takes a
     # descriptor (not part of the timed region either)
-    for _ in range(job["clear_cycles"]):
+    while True:
+        await ReadOnly()
+        cleared = int(dut.p_i__ready.value)
         await RisingEdge(dut.clk)
+        if cleared:
+            break
     main = [drv["p"], drv["w"], drv["x"]]
     cycle = 0
     error = None
