@@ -93,12 +93,13 @@ def test_digits_moe_in_rtl_with_stalls_is_bit_exact(digits_design):
 
 
 @needs_verilator
-@pytest.mark.parametrize("reset_after", [6_000, 24_000, 29_000])
+@pytest.mark.parametrize("reset_after", [7_000, 24_800, 30_000])
 def test_a_reset_in_the_middle_of_a_run_leaves_nothing_behind(digits_design, reset_after):
     """Datapath registers have no reset (their contents count only under a valid flag): a run cut
     short by a reset leaves them full of its data, and the run after it must still be exact. The
-    cut falls (with these stalls) in block 0's attention (6,000 cycles in), block 1's gate
-    (24,000) and its second expert (29,000)."""
+    cut falls (with these stalls, counted from the start) in block 0's attention (5,879-7,979),
+    block 1's gate (24,401-25,120) and its second expert (28,349-32,239): the expert accumulator
+    memory then holds partial sums, which the kernel must clear after the reset."""
     r = run_model("digits-moe", images=1, params=digits_design, stalls=True, seed=5, reset_after=reset_after)
     assert r.error is None, r.error
     assert r.mismatches == 0 and r.first_mismatch is None
