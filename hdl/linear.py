@@ -338,7 +338,8 @@ class LinearKernel(wiring.Component):
 
         # a beat's bookkeeping as it moves from stage to stage beside the data
         def mac_stage(n):
-            return SimpleNamespace(valid=Signal(name=f"{n}_valid"), lanes=Signal(NL, name=f"{n}_lanes", reset_less=True),
+            return SimpleNamespace(valid=Signal(name=f"{n}_valid"),
+                                   lanes=Signal(NL, name=f"{n}_lanes", reset_less=True),
                                    tok=[Signal(TKB, name=f"{n}_tok{l}", reset_less=True) for l in range(NL)],
                                    gate=[Signal(GATE_BITS, name=f"{n}_gate{l}", reset_less=True) for l in range(NL)],
                                    first=Signal(name=f"{n}_first"), last=Signal(name=f"{n}_last"),
@@ -358,8 +359,8 @@ class LinearKernel(wiring.Component):
         # RAM late in the cycle; with products built in LUTs the multiply and the adder tree
         # together were the deepest path of the design on the ECP5)
         stage_p = mac_stage("p")
-        p_prod = [[[Signal(signed(16), name=f"p_prod_{l}_{c}_{i}", reset_less=True) for i in range(TI)] for c in range(TO)]
-                  for l in range(NL)]
+        p_prod = [[[Signal(signed(16), name=f"p_prod_{l}_{c}_{i}", reset_less=True) for i in range(TI)]
+                   for c in range(TO)] for l in range(NL)]
         # stage C: N_L x T_out sums of T_in products
         stage_c = mac_stage("c")
         c_psum = [[Signal(signed(SW), name=f"c_psum_{l}_{c}", reset_less=True) for c in range(TO)] for l in range(NL)]
@@ -379,7 +380,8 @@ class LinearKernel(wiring.Component):
         # accumulators and the hold register (one finished group, bias added, constants copied)
         acc = [[Signal(signed(SW), name=f"acc_{l}_{c}", reset_less=True) for c in range(TO)] for l in range(NL)]
         h_valid = Signal()
-        h_acc = [Array(Signal(signed(RW), name=f"h_acc_{l}_{c}", reset_less=True) for l in range(NL)) for c in range(TO)]
+        h_acc = [Array(Signal(signed(RW), name=f"h_acc_{l}_{c}", reset_less=True) for l in range(NL))
+                 for c in range(TO)]
         h_lanes = Signal(NL)
         h_tok = Array(Signal(TKB, name=f"h_tok{l}", reset_less=True) for l in range(NL))
         h_gate = Array(Signal(GATE_BITS, name=f"h_gate{l}", reset_less=True) for l in range(NL))
