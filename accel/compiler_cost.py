@@ -135,7 +135,8 @@ def _writer_beat_words(ins, P) -> int:
     if mode == WMODE.ROWS:
         return P.layernorm.lanes // (8 if ins.get("port", 0) == 0 else 4)
     if mode == WMODE.ATT:
-        return ins.get("na", 1) * P.attention.t_a // 8
+        # the kernel's product stage takes out_steps cycles a beat (the writer waits on it)
+        return max(ins.get("na", 1) * P.attention.t_a // 8, P.attention.out_steps - 1)
     return ins.get("na", 1)                 # gate: one queue write per chosen expert
 
 

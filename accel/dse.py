@@ -48,6 +48,7 @@ class Space:
     ln_emit_lanes: int | None = None   # LayerNorm lanes normalized per cycle, at most (None: all lanes)
     ln_stats_steps: int = 4            # LayerNorm isqrt/division steps per cycle (accel.perf.design_for)
     residual_mul_lanes: int | None = None   # residual lanes multiplied per cycle, at most (None: all lanes)
+    att_out_lanes: int | None = None   # attention outputs multiplied by the reciprocal per cycle, at most (None: t_a)
 
     def linear_points(self):
         return list(itertools.product(self.t_in, self.t_out, self.n_lanes, self.ln_lanes))
@@ -83,12 +84,13 @@ class _Evaluator:
 
     def __init__(self, cfg: ModelConfig, board: Board, multipliers_in_luts: bool = False,
                  ln_emit_lanes: int | None = None, ln_stats_steps: int = 4,
-                 residual_mul_lanes: int | None = None):
+                 residual_mul_lanes: int | None = None, att_out_lanes: int | None = None):
         self.cfg, self.board = cfg, board
         self.multipliers_in_luts = multipliers_in_luts
         self.ln_emit_lanes = ln_emit_lanes
         self.ln_stats_steps = ln_stats_steps
         self.residual_mul_lanes = residual_mul_lanes
+        self.att_out_lanes = att_out_lanes
         self.count = 0
         self.explored: list[Performance] = []
         self._cache: dict[tuple, Performance | None] = {}
@@ -98,7 +100,8 @@ class _Evaluator:
             t_in, t_out, n_lanes, ln_lanes = lin
             return design_for(self.cfg, t_in, t_out, n_lanes, *att, ln_lanes=ln_lanes,
                               clock_mhz=self.board.target_mhz, ln_emit_lanes=self.ln_emit_lanes,
-                              stats_steps=self.ln_stats_steps, residual_mul_lanes=self.residual_mul_lanes)
+                              stats_steps=self.ln_stats_steps, residual_mul_lanes=self.residual_mul_lanes,
+                              att_out_lanes=self.att_out_lanes)
         except (LinearParamError, AttentionParamError):
             return None
 
@@ -139,7 +142,7 @@ def exhaustive_search(cfg: ModelConfig, board: Board, space: Space | None = None
     check_model_fits_board(cfg, board)
     t0 = time.perf_counter()
     ev = _Evaluator(cfg, board, multipliers_in_luts, space.ln_emit_lanes, space.ln_stats_steps,
-                    space.residual_mul_lanes)
+                    space.residual_mul_lanes, space.att_out_lanes)
     lin_pts, att_pts = space.linear_points(), space.attention_points(cfg)
     best = None
     total = len(lin_pts) * len(att_pts)
@@ -163,7 +166,7 @@ def heuristic_search(cfg: ModelConfig, board: Board, space: Space | None = None,
     check_model_fits_board(cfg, board)
     t0 = time.perf_counter()
     ev = _Evaluator(cfg, board, multipliers_in_luts, space.ln_emit_lanes, space.ln_stats_steps,
-                    space.residual_mul_lanes)
+                    space.residual_mul_lanes, space.att_out_lanes)
     say = progress or (lambda s: None)
     lin_pts, att_pts = space.linear_points(), space.attention_points(cfg)
     dsp_budget = board.budget("dsp")

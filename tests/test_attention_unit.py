@@ -103,6 +103,34 @@ def test_extremes_ties_and_stalls():
     check(P1, make_op(2, 8), q2, k2, v2, stalls=True, seed=4)
 
 
+@pytest.mark.parametrize("out_lanes", [1, 2])
+def test_serial_output_products_exact_and_under_stalls(out_lanes):
+    """The reciprocal product a piece at a time (out_lanes of t_a=4 per head and cycle): bit-exact
+    on random data, on extremes that reach the clamp and under stalls; exact cycles without."""
+    from dataclasses import replace
+    P = replace(P1, out_lanes=out_lanes)
+    rng = np.random.default_rng(11)
+    op = make_op(3, 8)
+    q, k, v = (rng.integers(-128, 128, (7, 24)) for _ in range(3))
+    job, cycles = check(P, op, q, k, v)
+    assert cycles == job["predicted"] == attention_cycles(7, 3, 8, P)
+    assert cycles - attention_cycles(7, 3, 8, P1) == 2 * 7 * 2 * (4 // out_lanes - 1) + 1   # 2 groups, C=2
+    check(P, op, q, k, v, stalls=True, seed=12)
+    ex = make_op(2, 8, s_q=0.3, s_k=0.3, s_v=0.05, s_o=0.01)
+    ex_q = np.full((5, 16), -128)
+    ex_k = np.where(np.arange(9)[:, None] % 3 == 0, -128, 127) * np.ones((1, 16), np.int64)
+    ex_v = np.where((np.arange(9)[:, None] + np.arange(16)[None, :]) % 2, 127, -128)
+    ex_job, _ = check(P, ex, ex_q, ex_k, ex_v, stalls=True, seed=13)
+    out = ex(ex_q, ex_k, ex_v)
+    assert out.min() == -128 and out.max() == 127              # the case reaches both clamps
+
+
+def test_serial_output_saves_multipliers():
+    full = attention_resources(AttentionParams(p=2, t_a=8, max_seq=17, head_dim=16), "ecp5")
+    two = attention_resources(AttentionParams(p=2, t_a=8, max_seq=17, head_dim=16, out_lanes=2), "ecp5")
+    assert (full["dsp"], two["dsp"]) == (52, 28)      # 8 then 2 products of acc x r, 4 MULT18X18D each
+
+
 def test_exp_shift_zero_and_large_out_shift():
     rng = np.random.default_rng(5)
     P = AttentionParams(p=3, t_a=8, heads=1, n_a=1, max_seq=6, head_dim=8)
@@ -151,6 +179,9 @@ def test_bad_descriptor_is_dropped_with_error():
     ({"heads": 1.5}, "heads=1.5"),
     ({"n_a": True}, "n_a=True"),
     ({"p": 64, "t_a": 16, "heads": 8, "head_dim": 64}, "MACs exceeds"),
+    ({"t_a": 8, "out_lanes": 3}, "out_lanes=3: must be None or an int dividing t_a=8"),
+    ({"t_a": 8, "out_lanes": 16}, "out_lanes=16"),
+    ({"t_a": 8, "out_lanes": 0}, "out_lanes=0"),
 ])
 def test_params_validation(kw, frag):
     with pytest.raises(AttentionParamError, match=frag.replace(".", r"\.")):
