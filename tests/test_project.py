@@ -279,6 +279,19 @@ def test_params_file_residual_products(designs, tmp_path):
         make_spec("zcu102", "digits-moe", params=p, verilog=fixture_verilog())
 
 
+def test_params_file_attention_output_lanes(designs, tmp_path):
+    """The attention kernel's outputs multiplied by the reciprocal per cycle come from the file."""
+    small = designs("digits-moe", "zcu102").best.design.to_json()
+    t_a = small["attention"]["t_a"]
+    p = _write(tmp_path / "p.json", small | {"attention": small["attention"] | {"out_lanes": 2}})
+    spec = make_spec("zcu102", "digits-moe", params=p, verilog=fixture_verilog())
+    assert spec.design.attention.out_products == 2 and spec.design.attention.out_steps == t_a // 2
+    _write(p, small | {"attention": small["attention"] | {"out_lanes": 3}})
+    with pytest.raises(ParamsFileError, match=rf"field 'attention': AttentionParams.out_lanes=3: must be None or an "
+                                              rf"int dividing t_a={t_a}"):
+        make_spec("zcu102", "digits-moe", params=p, verilog=fixture_verilog())
+
+
 def _write(p, doc):
     p.write_text(json.dumps(doc))
     return p
