@@ -112,7 +112,9 @@ def op_cycles(instrs: list[dict], params, counts: dict | None, layer, timing: Me
                 kernel += gate_cycles(n_rows, meta.get("experts", P.gate.max_experts), meta.get("top_k", P.gate.max_k),
                                       meta.get("renormalize", False))
             if ins.get("mode") == MODE.ROWS and port == PORT.ATT_Q:
-                extra += DIV_STEPS + PASS_OVERHEAD
+                # the reciprocal's division, and a serial output stage's further cycles per beat
+                # (AttentionParams.out_steps), in series with the pass's memory traffic
+                extra += DIV_STEPS + PASS_OVERHEAD + n_rows * ins["n_chunks"] * (P.attention.out_steps - 1)
         elif op == OP.WAIT:
             beats = ins.get("n_beats", 0)
             if ins.get("count_rows"):
@@ -135,8 +137,7 @@ def _writer_beat_words(ins, P) -> int:
     if mode == WMODE.ROWS:
         return P.layernorm.lanes // (8 if ins.get("port", 0) == 0 else 4)
     if mode == WMODE.ATT:
-        # the kernel's product stage takes out_steps cycles a beat (the writer waits on it)
-        return max(ins.get("na", 1) * P.attention.t_a // 8, P.attention.out_steps - 1)
+        return ins.get("na", 1) * P.attention.t_a // 8
     return ins.get("na", 1)                 # gate: one queue write per chosen expert
 
 

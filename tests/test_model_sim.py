@@ -93,6 +93,29 @@ def test_digits_moe_in_rtl_with_stalls_is_bit_exact(digits_design):
 
 
 @needs_verilator
+def test_serial_attention_outputs_in_the_open_flow_design_are_bit_exact():
+    """The design `accel run` builds for the ULX3S (accel.build.smallest_design: one attention
+    head a lane, the residual unit's two product lanes, the LayerNorm emitting two lanes) with the
+    attention outputs multiplied by the reciprocal two at a time (AttentionParams.out_lanes):
+    bit-exact with stalls, and the program's cycle model within 2% without them."""
+    from dataclasses import replace
+
+    from accel.boards import load_board
+    from accel.build import smallest_design
+    from accel.project import top_params
+    cfg = load_config("digits-moe")
+    params = top_params(smallest_design(cfg, load_board("ulx3s-85f")), cfg)
+    params = replace(params, attention=replace(params.attention, out_lanes=2))
+    assert (params.attention.heads, params.attention.out_steps, params.residual.steps) == (1, 4, 4)
+    r = run_model("digits-moe", images=1, params=params, stalls=True, seed=7)
+    assert r.error is None, r.error
+    assert r.mismatches == 0 and r.first_mismatch is None
+    free = run_model("digits-moe", images=1, params=params, stalls=False)
+    assert free.error is None and free.mismatches == 0
+    assert abs(free.predicted_cycles_per_image / free.cycles_per_image - 1) < 0.02
+
+
+@needs_verilator
 @pytest.mark.parametrize("reset_after", [7_000, 24_800, 30_000])
 def test_a_reset_in_the_middle_of_a_run_leaves_nothing_behind(digits_design, reset_after):
     """Datapath registers have no reset (their contents count only under a valid flag): a run cut
