@@ -46,6 +46,7 @@ from accel.dsp_registers import DEFAULT_DSP_REGISTERS, absorb_dsp_registers, che
 from accel.models.errors import AccelError
 from accel.multipliers import plan_multipliers, probe_script, probed_multipliers, rtlil_multipliers
 from accel.perf import DoesNotFit
+from accel.router_watch import DEFAULT_PATIENCE, RouterStall, check_patience, router_stall
 
 __all__ = ["BuildError", "DoesNotFit", "STEPS", "YOWASP_TOOLS", "BuildResult", "tool_environment",
            "load_platform", "parse_nextpnr_report", "board_resources", "check_fit", "netlist_cells",
@@ -86,6 +87,24 @@ NEXTPNR_TIMING_DRIVEN_OPTS = {"ecp5": "--placer heap --placer-heap-beta 0.6 --ro
 
 class BuildError(AccelError):
     """A build step failed; the message names the step, the tool, its log and the last lines."""
+
+
+class RoutingStalled(BuildError):
+    """nextpnr's router2 stopped converging (accel.router_watch) and the build stopped it; the
+    message gives its low and where it is now, the log, and what to try."""
+
+
+STALL_CHECK_S = 5.0   # seconds between reads of a routing run's log for a stall
+
+
+def _stall_error(stalls: dict[str, tuple[RouterStall, Path]], patience: int) -> RoutingStalled:
+    runs = "; ".join(f"{'' if sd is None else f'seed {sd}: '}{st.describe()} (log {log})"
+                     for sd, (st, log) in stalls.items())
+    return RoutingStalled(
+        f"step place_and_route stopped after {patience} router2 iterations without a new low of overused wires: "
+        f"{runs}. In this project's logged builds no run that stalled like this routed; the placement decides "
+        "it. Try another placement (--seed 1, or several at once with --race-seeds default,1,2), a smaller "
+        "design (--params with smaller tiles, or --dsp-budget N), or --router-patience 0 to let the run go on")
 
 
 def _say(progress):
@@ -310,15 +329,23 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _run_tool(step: str, argv: list[str], cwd: Path, env: dict, log: Path, say, heartbeat_s: float = 20.0,
-              watch: Path | None = None) -> None:
-    """Run one tool (stdout/stderr to ``log``), saying every ``heartbeat_s`` what it is doing."""
+              watch: Path | None = None, router_patience: int = 0) -> None:
+    """Run one tool (stdout/stderr to ``log``), saying every ``heartbeat_s`` what it is doing.
+    ``router_patience`` > 0: ``watch`` is nextpnr's log; a router2 stall there (accel.router_watch)
+    stops the tool and raises RoutingStalled."""
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        t0 = last = time.monotonic()
+        t0 = last = checked = time.monotonic()
         try:
             while proc.poll() is None:
                 time.sleep(0.2)
                 now = time.monotonic()
+                if router_patience and watch is not None and now - checked >= STALL_CHECK_S:
+                    checked = now
+                    stall = router_stall(watch.read_text(errors="replace") if watch.exists() else "",
+                                         router_patience)
+                    if stall is not None:
+                        raise _stall_error({None: (stall, watch)}, router_patience)
                 if now - last >= heartbeat_s:
                     last = now
                     hint = ""
@@ -371,19 +398,22 @@ def _race_progress(log: Path) -> str:
 
 
 def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, env: dict, say,
-          heartbeat_s: float, step_log: Path) -> dict:
+          heartbeat_s: float, step_log: Path, router_patience: int = 0) -> dict:
     """Place and route with every seed at once (one whole nextpnr run per seed, each with its own
     log, report and outputs; None: nextpnr's own default seed); the first run to finish wins: the
     others are stopped and the winner's files take the names the rest of the build reads.
     Whether router2 converges, and how fast, changes with the placement, and the seed moves the
     placement by 10% or more (docs/benchmarks.md). ``step_log`` gets one line per racer and the
-    outcome. Returns {"wirelength_by_seed", "routed_seed"}."""
+    outcome. A racer whose router2 stalls (``router_patience`` > 0, accel.router_watch) is
+    stopped; when every racer failed or stalled, RoutingStalled (if one stalled) or the failure
+    is raised. Returns {"wirelength_by_seed", "routed_seed"}."""
     base = _without(argv, _RACE_OWN)
     outputs = {opt: _option(argv, opt) for opt in ("--log", "--textcfg", "--asc", "--report", "--write")}
     procs: dict[str, tuple[subprocess.Popen, Path, dict]] = {}
-    t0 = last = time.monotonic()
+    t0 = last = checked = time.monotonic()
     winner = None
     failed: dict[str, int] = {}
+    stalled: dict[str, tuple[RouterStall, Path]] = {}
     try:
         for sd in map(_seed_label, seeds):
             own = {opt: f"{sd}.{value}" for opt, value in outputs.items() if value is not None}
@@ -402,7 +432,24 @@ def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, 
                     winner = sd
                     break
                 failed[sd] = p.returncode
+            now = time.monotonic()
+            if winner is None and router_patience and now - checked >= STALL_CHECK_S:
+                checked = now
+                for sd, (p, log, _) in procs.items():
+                    if sd in failed or p.poll() is not None or not log.exists():
+                        continue
+                    stall = router_stall(log.read_text(errors="replace"), router_patience)
+                    if stall is not None:
+                        p.kill()
+                        p.wait()
+                        failed[sd] = p.returncode
+                        stalled[sd] = (stall, log)
+                        say(f"  place_and_route: seed {sd} stopped: {stall.describe()}")
             if winner is None and len(failed) == len(procs):
+                if stalled:
+                    with open(step_log, "a") as f:
+                        f.write(f"every seed failed or stalled: {failed}\n")
+                    raise _stall_error(stalled, router_patience)
                 sd, code = next(iter(failed.items()))
                 with open(step_log, "a") as f:
                     f.write(f"every seed failed: {failed}\n")
@@ -410,11 +457,11 @@ def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, 
                 if log.exists() and outputs["--log"]:
                     log.replace(cwd / outputs["--log"])     # the build's error names the usual log
                 raise subprocess.CalledProcessError(code, [*base, "--seed", sd])
-            now = time.monotonic()
             if winner is None and now - last >= heartbeat_s:
                 last = now
                 say(f"  place_and_route: {now - t0:.0f} s racing seeds " + "; ".join(
-                    f"{sd}: {'failed' if sd in failed else _race_progress(log)}" for sd, (_, log, _) in procs.items()))
+                    f"{sd}: {'stalled' if sd in stalled else 'failed' if sd in failed else _race_progress(log)}"
+                    for sd, (_, log, _) in procs.items()))
     finally:
         for p, _, _ in procs.values():
             if p.poll() is None:
@@ -467,7 +514,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
               env: dict[str, str] | None = None, name: str = "top", check_fit_after_synthesis: bool = True,
               dsp: bool = True, heartbeat_s: float = 20.0, dsp_budget: int | None = None,
               timing_driven: bool = False, seed: int | None = None, timing_paths: bool = False,
-              race_seeds: tuple[int | None, ...] = (), dsp_registers: str = DEFAULT_DSP_REGISTERS) -> BuildResult:
+              race_seeds: tuple[int | None, ...] = (), dsp_registers: str = DEFAULT_DSP_REGISTERS,
+              router_patience: int = DEFAULT_PATIENCE) -> BuildResult:
     """Steps elaborate .. report (without the model's predictions) for an elaboratable ``top``
     on ``board``; the plan, logs and bitstream go to ``build_dir``. ``dsp=False``: multipliers in
     LUTs (Yosys ``-nodsp`` on ECP5; iCE40 then synthesizes without ``-dsp``). With DSPs, products
@@ -481,8 +529,11 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     and route with each of these seeds at once (one whole nextpnr run each; None: nextpnr's default
     seed); the first to finish is the build's (instead of ``seed``). ``dsp_registers`` (ECP5): which
     slice flip-flops around the DSP blocks become the blocks' own registers after synthesis
-    (accel.dsp_registers): ``"none"``, ``"output"`` or ``"output+operands"``."""
+    (accel.dsp_registers): ``"none"``, ``"output"`` or ``"output+operands"``. ``router_patience``:
+    router2 iterations without a new low of overused wires (that low 50 or more) after which the
+    place-and-route step stops with RoutingStalled (accel.router_watch; 0: never)."""
     check_mode(dsp_registers)
+    check_patience(router_patience)
     race_seeds = tuple(race_seeds)
     for sd in race_seeds:
         if sd is not None and (isinstance(sd, bool) or not isinstance(sd, int) or not 0 <= sd < 2 ** 31):
@@ -566,9 +617,10 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
         try:
             run_argv = [exe, *argv[1:]]
             if step == "place_and_route" and race_seeds:
-                race = _race(run_argv, race_seeds, name, build_dir, env, say, heartbeat_s, log)
+                race = _race(run_argv, race_seeds, name, build_dir, env, say, heartbeat_s, log, router_patience)
             else:
-                _run_tool(step, run_argv, build_dir, env, log, say, heartbeat_s, watch)
+                _run_tool(step, run_argv, build_dir, env, log, say, heartbeat_s, watch,
+                          router_patience if step == "place_and_route" else 0)
         except subprocess.CalledProcessError:
             tool_log = watch if watch.exists() else log
             text = log.read_text(errors="replace") + (tool_log.read_text(errors="replace") if tool_log != log else "")
@@ -719,7 +771,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
                 params: str | Path | None = None, *, image: int = 0, dsp: bool = True, dsp_budget: int | None = None,
                 clock_mhz: float | None = None, timing_driven: bool = False, seed: int | None = None,
                 timing_paths: bool = False, race_seeds: tuple[int | None, ...] = (),
-                dsp_registers: str = DEFAULT_DSP_REGISTERS,
+                dsp_registers: str = DEFAULT_DSP_REGISTERS, router_patience: int = DEFAULT_PATIENCE,
                 progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
     """The whole flow for a model: the design (``params`` file or the search), the compiled memory
     image with evaluation image ``image``'s patches in place, the board top, the bitstream, and
@@ -777,7 +829,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     t_prepare = round(time.perf_counter() - t_all, 2)
     res = build_top(top, board, out / "gateware", progress=say, dsp=dsp, dsp_budget=dsp_budget,
                     heartbeat_s=heartbeat_s, timing_driven=timing_driven, seed=seed, timing_paths=timing_paths,
-                    race_seeds=race_seeds, dsp_registers=dsp_registers)
+                    race_seeds=race_seeds, dsp_registers=dsp_registers, router_patience=router_patience)
 
     achieved = _sync_fmax(res.fmax)
     fmax_sync = achieved[1]["achieved_mhz"] if achieved else None

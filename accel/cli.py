@@ -12,6 +12,7 @@ import numpy as np
 from accel.dsp_registers import DEFAULT_DSP_REGISTERS, DSP_REGISTER_MODES
 from accel.models.errors import AccelError
 from accel.perf import performance_json
+from accel.router_watch import DEFAULT_PATIENCE
 from accel.run import jsonable
 
 DEFAULT_MODEL = "digits-moe"
@@ -285,7 +286,7 @@ def cmd_run(args) -> dict:
     cfg = RunConfig(model=args.model, board=args.board, out=Path(args.out), images=args.images,
                     stalls=not args.no_stalls, skip=skip, stop_after=args.stop_after, parallel=not args.serial,
                     nextpnr_seed=args.seed, race_seeds=args.race_seeds, timing_paths=args.timing_paths,
-                    dsp_registers=args.dsp_registers)
+                    dsp_registers=args.dsp_registers, router_patience=args.router_patience)
     rep = run(cfg, progress=_progress(True))
     if not args.json:
         out = Path(rep["report_dir"])
@@ -370,7 +371,7 @@ def cmd_build(args) -> dict:
                       dsp_budget=args.dsp_budget, clock_mhz=args.clock_mhz, timing_driven=args.timing_driven,
                       seed=args.seed, timing_paths=args.timing_paths,
                       race_seeds=args.race_seeds, dsp_registers=args.dsp_registers,
-                      progress=_progress(True))
+                      router_patience=args.router_patience, progress=_progress(True))
     if not args.json:
         p = res["predicted"]
         print(f"{res['model']} on {res['board']} ({res['part']}): {res['bitstream']}")
@@ -510,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dsp-registers", choices=DSP_REGISTER_MODES, default=DEFAULT_DSP_REGISTERS,
                    help="ECP5: which flip-flops around the DSP blocks become the blocks' own registers after "
                         "synthesis: none, the output's, or the output's and the operands' (default: %(default)s)")
+    p.add_argument("--router-patience", type=int, default=DEFAULT_PATIENCE, metavar="N",
+                   help="stop place and route when router2 goes N iterations without a new low of overused wires "
+                        "(a low of 50 or more): no logged build that stalled so routed (0: never; default: %(default)s)")
     p = add("run", cmd_run, "the main job on the bundled default model and board: evaluate, search, generate, "
                             "simulate through the host driver, build the bitstream, report")
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -527,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the build lists every endpoint that misses the clock (accel build --timing-paths)")
     p.add_argument("--dsp-registers", choices=DSP_REGISTER_MODES, default=DEFAULT_DSP_REGISTERS,
                    help="the build's DSP block registers (accel build --dsp-registers; default: %(default)s)")
+    p.add_argument("--router-patience", type=int, default=DEFAULT_PATIENCE, metavar="N",
+                   help="the build's router stall limit (accel build --router-patience; default: %(default)s)")
     p.add_argument("--stop-after", default="report", choices=("evaluate", "search", "generate", "simulate", "build",
                                                                "report"), help="end the run after this step")
     return ap

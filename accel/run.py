@@ -30,6 +30,7 @@ import numpy as np
 
 from accel.dsp_registers import DEFAULT_DSP_REGISTERS, check_mode
 from accel.models.errors import AccelError
+from accel.router_watch import DEFAULT_PATIENCE, check_patience
 
 __all__ = ["STEPS", "RunConfig", "RunState", "RunError", "run", "jsonable"]
 
@@ -57,6 +58,7 @@ class RunConfig:
                                              # nextpnr's default seed; not with nextpnr_seed; accel build --race-seeds)
     timing_paths: bool = False           # the build lists every endpoint that misses the clock
     dsp_registers: str = DEFAULT_DSP_REGISTERS   # ECP5: flip-flops moved into the DSP blocks (accel.dsp_registers)
+    router_patience: int = DEFAULT_PATIENCE      # router2 iterations without progress before the build stops (0: never)
 
     def __post_init__(self):
         if not isinstance(self.images, int) or self.images < 1:
@@ -67,6 +69,7 @@ class RunConfig:
         if self.stop_after not in STEPS:
             raise AccelError(f"stop_after={self.stop_after!r}: must be one of {', '.join(STEPS)}")
         check_mode(self.dsp_registers)          # before the run's work, not at its build step
+        check_patience(self.router_patience)
 
 
 @dataclass
@@ -180,7 +183,8 @@ def step_build(state: RunState, say) -> dict:
     c = state.config
     return build_model(c.board, c.model, c.out / "bitstream", params=c.out / "design.json", seed=c.nextpnr_seed,
                        race_seeds=c.race_seeds,
-                       timing_paths=c.timing_paths, dsp_registers=c.dsp_registers, progress=say)
+                       timing_paths=c.timing_paths, dsp_registers=c.dsp_registers,
+                       router_patience=c.router_patience, progress=say)
 
 
 def step_report(state: RunState, say) -> dict:

@@ -423,3 +423,62 @@ def test_race_that_every_seed_fails_raises_with_a_log(tmp_path):
         _race(argv, (4, 9), "top", tmp_path, dict(os.environ), lambda s: None, 0.1, tmp_path / "top.place_and_route.log")
     assert "every seed failed" in (tmp_path / "top.place_and_route.log").read_text()
     assert "wirelen" in (tmp_path / "top.tim").read_text()     # a failed racer's log, under the usual name
+
+
+# ------------------------------------------------------------------------------ a stalled router stops the build
+
+FAKE_STALLING_NEXTPNR = """
+import sys, time
+args = sys.argv[1:]
+opt = lambda name: args[args.index(name) + 1] if name in args else None
+seed = opt("--seed") or "default"
+with open(opt("--log"), "w") as f:
+    f.write("Info:   at iteration #1: temp = 0.000000, timing cost = 0, wirelen = 1000\\n")
+    counts = [5000, 900, 400] + [450 + 10 * i for i in range(40)]      # a low of 400, then a climb
+    if seed == "2":
+        counts = [5000, 900, 40, 3, 0]                                   # this seed routes
+    for i, c in enumerate(counts, 1):
+        f.write(f"Info:     iter={i} wires=9000 overused={c} overuse={c} archfail=NA\\n")
+        f.flush()
+        time.sleep(0.05)
+if seed == "2":
+    open(opt("--report"), "w").write(seed)
+    sys.exit(0)
+time.sleep(60)                                                           # a stalled router runs on
+"""
+
+
+def _stall_setup(tmp_path, monkeypatch):
+    import accel.build as b
+    monkeypatch.setattr(b, "STALL_CHECK_S", 0.2)
+    (tmp_path / "fake_nextpnr.py").write_text(FAKE_STALLING_NEXTPNR)
+    return [sys.executable, "fake_nextpnr.py", "--report", "r.json", "--log", "top.tim", "--json", "top.json"]
+
+
+def test_a_stalled_router_stops_the_place_and_route_step(tmp_path, monkeypatch):
+    from accel.build import RoutingStalled, _run_tool
+    argv = _stall_setup(tmp_path, monkeypatch)
+    t0 = time.monotonic()
+    with pytest.raises(RoutingStalled, match=r"step place_and_route stopped after 10 router2 iterations without a "
+                                             r"new low of overused wires: router2 stopped converging: its low was 400 "
+                                             r"overused wires at iteration 3, and 10 iterations later \(iteration 13\)"
+                                             r" it is at 540 \(log .*top.tim\)\. .*--seed 1.*--router-patience 0"):
+        _run_tool("place_and_route", argv, tmp_path, dict(os.environ), tmp_path / "p.log", lambda s: None, 0.1,
+                  tmp_path / "top.tim", router_patience=10)
+    assert time.monotonic() - t0 < 20                                   # stopped, not waited out
+    _run_tool("elaborate", [sys.executable, "-c", "pass"], tmp_path, dict(os.environ), tmp_path / "q.log",
+              lambda s: None, 0.1, tmp_path / "top.tim", router_patience=0)   # 0: no watch
+
+
+def test_a_race_drops_stalled_seeds_and_fails_only_when_all_stall(tmp_path, monkeypatch):
+    from accel.build import RoutingStalled, _race
+    argv = _stall_setup(tmp_path, monkeypatch)
+    said = []
+    out = _race(argv, (None, 2), "top", tmp_path, dict(os.environ), said.append, 0.1,
+                tmp_path / "top.place_and_route.log", router_patience=10)
+    assert out["routed_seed"] == "2"
+    with pytest.raises(RoutingStalled, match=r"seed default: router2 stopped converging.*; seed 5: router2 stopped"):
+        _race(argv, (None, 5), "top", tmp_path, dict(os.environ), said.append, 0.1,
+              tmp_path / "top.place_and_route.log", router_patience=10)
+    assert any("seed 5 stopped: router2 stopped converging" in s for s in said)
+    assert "every seed failed or stalled" in (tmp_path / "top.place_and_route.log").read_text()
