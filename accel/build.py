@@ -97,9 +97,13 @@ class RoutingStalled(BuildError):
 STALL_CHECK_S = 5.0   # seconds between reads of a routing run's log for a stall
 
 
-def _stall_error(stalls: dict[str, tuple[RouterStall, Path]], patience: int) -> RoutingStalled:
+def _stall_error(stalls: dict[str, tuple[RouterStall, Path]], patience: int,
+                 failed: dict[str, int] | None = None) -> RoutingStalled:
     runs = "; ".join(f"{'' if sd is None else f'seed {sd}: '}{st.describe()} (log {log})"
                      for sd, (st, log) in stalls.items())
+    others = {sd: code for sd, code in (failed or {}).items() if sd not in stalls}
+    if others:
+        runs += "; " + "; ".join(f"seed {sd}: nextpnr failed (exit status {code})" for sd, code in others.items())
     return RoutingStalled(
         f"step place_and_route stopped after {patience} router2 iterations without a new low of overused wires: "
         f"{runs}. In this project's logged builds no run that stalled like this routed; the placement decides "
@@ -344,7 +348,7 @@ def _run_tool(step: str, argv: list[str], cwd: Path, env: dict, log: Path, say, 
                     checked = now
                     stall = router_stall(watch.read_text(errors="replace") if watch.exists() else "",
                                          router_patience)
-                    if stall is not None:
+                    if stall is not None and proc.poll() is None:     # not if it finished meanwhile
                         raise _stall_error({None: (stall, watch)}, router_patience)
                 if now - last >= heartbeat_s:
                     last = now
@@ -449,7 +453,7 @@ def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, 
                 if stalled:
                     with open(step_log, "a") as f:
                         f.write(f"every seed failed or stalled: {failed}\n")
-                    raise _stall_error(stalled, router_patience)
+                    raise _stall_error(stalled, router_patience, failed)
                 sd, code = next(iter(failed.items()))
                 with open(step_log, "a") as f:
                     f.write(f"every seed failed: {failed}\n")
@@ -580,7 +584,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     plan = platform.build(top, name=name, do_build=False, do_program=False, **opts)
     if build_dir.exists():
         for stale in ("nextpnr_report.json", f"{name}.bit", f"{name}.bin", f"{name}.json", f"{name}.config",
-                      f"{name}.asc", f"{name}_routed.json", f"{name}.synth.json", MULTIPLIER_SCRIPT, f"{MULTIPLIER_PROBE}.il"):
+                      f"{name}.asc", f"{name}_routed.json", f"{name}.synth.json", f"{name}.tim",
+                      MULTIPLIER_SCRIPT, f"{MULTIPLIER_PROBE}.il"):   # {name}.tim: nextpnr's log, watched for stalls
             (build_dir / stale).unlink(missing_ok=True)
         for racer in build_dir.glob("*.*"):             # a seed race's files ("default.top.tim", "2.top.tim", ...)
             if racer.is_file() and re.fullmatch(r"(default|\d+)\..+", racer.name):
@@ -787,6 +792,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     cfg = load_config(model)
     out = Path(out)
     check_mode(dsp_registers)
+    check_patience(router_patience)
     if clock_mhz is not None and (isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float))
                                   or not clock_mhz > 0):
         raise AccelError(f"clock_mhz={clock_mhz!r}: pass the accelerator clock in MHz, a number > 0 "

@@ -115,7 +115,9 @@ def design_for(cfg: ModelConfig, t_in: int, t_out: int, n_lanes: int, p: int, t_
     d_outs = [3 * d, cfg.mlp_hidden, max(cfg.num_classes, 1)] + ([cfg.moe.expert_hidden, cfg.moe.experts] if cfg.moe else [])
     lp = LinearParams(t_in=t_in, t_out=t_out, n_lanes=n_lanes, max_d_in=max(d_ins), max_d_out=max(d_outs),
                       max_tokens=cfg.tokens, expert=cfg.moe is not None)
-    out_lanes = None if att_out_lanes is None or att_out_lanes >= t_a else att_out_lanes
+    # at most att_out_lanes outputs a cycle: the largest divisor of t_a not above it
+    out_lanes = None if att_out_lanes is None or att_out_lanes >= t_a else \
+        max(d for d in range(1, max(1, att_out_lanes) + 1) if t_a % d == 0)
     ap = AttentionParams(p=p, t_a=t_a, heads=heads, n_a=n_a, max_seq=cfg.tokens, head_dim=cfg.head_dim,
                          out_lanes=out_lanes)
     lanes = min(ln_lanes, d & -d)   # a power of two dividing dim

@@ -434,6 +434,8 @@ opt = lambda name: args[args.index(name) + 1] if name in args else None
 seed = opt("--seed") or "default"
 with open(opt("--log"), "w") as f:
     f.write("Info:   at iteration #1: temp = 0.000000, timing cost = 0, wirelen = 1000\\n")
+    if seed == "9":
+        sys.exit(1)                                                      # this seed fails while placing
     counts = [5000, 900, 400] + [450 + 10 * i for i in range(40)]      # a low of 400, then a climb
     if seed == "2":
         counts = [5000, 900, 40, 3, 0]                                   # this seed routes
@@ -482,3 +484,7 @@ def test_a_race_drops_stalled_seeds_and_fails_only_when_all_stall(tmp_path, monk
               tmp_path / "top.place_and_route.log", router_patience=10)
     assert any("seed 5 stopped: router2 stopped converging" in s for s in said)
     assert "every seed failed or stalled" in (tmp_path / "top.place_and_route.log").read_text()
+    with pytest.raises(RoutingStalled, match=r"seed default: router2 stopped converging.*; seed 9: nextpnr failed "
+                                             r"\(exit status 1\)"):
+        _race(argv, (None, 9), "top", tmp_path, dict(os.environ), said.append, 0.1,
+              tmp_path / "top.place_and_route.log", router_patience=10)

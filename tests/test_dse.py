@@ -124,3 +124,11 @@ def test_search_with_multipliers_in_luts_finds_a_design_on_ulx3s():
     assert smallest_design(cfg, board).layernorm.stats_steps == 2
     four = replace(res.best.design, layernorm=replace(res.best.design.layernorm, stats_steps=4))
     assert evaluate(cfg, board, four).cycles_by_kind["layernorm"] < res.best.cycles_by_kind["layernorm"]
+
+
+def test_attention_output_lanes_are_at_most_the_space_says():
+    """Space.att_out_lanes is a ceiling: the kernel gets the largest divisor of t_a not above it."""
+    from accel.perf import design_for
+    cfg = load_config("digits-moe")
+    got = [design_for(cfg, 8, 8, 1, 2, 8, 1, 1, att_out_lanes=o).attention.out_lanes for o in (None, 1, 2, 3, 5, 8, 16)]
+    assert got == [None, 1, 2, 2, 4, None, None]
