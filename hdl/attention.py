@@ -451,6 +451,9 @@ class AttentionKernel(wiring.Component):
             o1_chunk = Signal.like(chunk, reset_less=True)
             o1_first = Signal()
             o1_last = Signal()
+            # out_shift - 1 travels with the product: a descriptor accepted while the last products
+            # are still in the pipeline (the FSM is back in CFG) must not lend them its shift
+            o1_sh = Signal(6, reset_less=True)
             # stage Q between the product and the output register: the product shifted by out_shift - 1
             # (shift, round and clamp in one cycle were the kernel's ECP5 critical path, 21.6 ns)
             oq = [Signal(signed(AB + RB + 1), name=f"oq_{i}", reset_less=True) for i in range(H * TA)]
@@ -471,14 +474,14 @@ class AttentionKernel(wiring.Component):
                 m.d.sync += [o1_val.eq(issue), oq_val.eq(o1_val), o2_val.eq(oq_val),
                              o1_tok.eq(tok_now), o1_chunk.eq(chunk),
                              o1_first.eq((tok_now == 0) & (chunk == 0)),
-                             o1_last.eq((tok_now == n_q - 1) & last_chunk),
+                             o1_last.eq((tok_now == n_q - 1) & last_chunk), o1_sh.eq(os_m1),
                              oq_tok.eq(o1_tok), oq_chunk.eq(o1_chunk), oq_first.eq(o1_first), oq_last.eq(o1_last),
                              o2_tok.eq(oq_tok), o2_chunk.eq(oq_chunk),
                              o2_first.eq(oq_first), o2_last.eq(oq_last)]
                 for h in range(H):
                     for t in range(TA):
                         m.d.sync += o1[h][t].eq(acch[h][0][t] * recip[h])   # slot 0 is the chain head
-                        m.d.sync += oq[h * TA + t].eq(o1[h][t] >> os_m1)
+                        m.d.sync += oq[h * TA + t].eq(o1[h][t] >> o1_sh)
                         y = Signal(signed(AB + RB + 2), name=f"y_{h}_{t}")
                         m.d.comb += y.eq((oq[h * TA + t] + 1) >> 1)
                         m.d.sync += o2[h * TA + t].eq(Mux(y > 127, 127, Mux(y < -128, -128, y)))
@@ -496,7 +499,7 @@ class AttentionKernel(wiring.Component):
             m.d.comb += [step.eq((state == S_OUT) & o_en), issue.eq(step & (osub == OS - 1))]
             with m.If(step):
                 m.d.sync += osub.eq(Mux(osub == OS - 1, 0, osub + 1))
-            tags = ("tok", "chunk", "first", "last", "sub")
+            tags = ("tok", "chunk", "first", "last", "sub", "sh")   # sh: out_shift - 1 of the piece
 
             def stage(name):
                 return {"val": Signal(name=f"{name}_val"),
@@ -504,7 +507,8 @@ class AttentionKernel(wiring.Component):
                         "chunk": Signal.like(chunk, name=f"{name}_chunk", reset_less=True),
                         "first": Signal(name=f"{name}_first", reset_less=True),
                         "last": Signal(name=f"{name}_last", reset_less=True),
-                        "sub": Signal(range(OS), name=f"{name}_sub", reset_less=True)}
+                        "sub": Signal(range(OS), name=f"{name}_sub", reset_less=True),
+                        "sh": Signal(6, name=f"{name}_sh", reset_less=True)}
             sa, s1, sq = stage("oa"), stage("o1"), stage("oq")
             oa = [[Signal(signed(AB), name=f"oa_{h}_{j}", reset_less=True) for j in range(OL)] for h in range(H)]
             oa_r = [Signal(RB, name=f"oar_{h}", reset_less=True) for h in range(H)]
@@ -524,7 +528,7 @@ class AttentionKernel(wiring.Component):
             with m.If(o_en):
                 m.d.sync += [sa["val"].eq(step), sa["tok"].eq(tok_now), sa["chunk"].eq(chunk),
                              sa["first"].eq((tok_now == 0) & (chunk == 0)),
-                             sa["last"].eq((tok_now == n_q - 1) & last_chunk), sa["sub"].eq(osub),
+                             sa["last"].eq((tok_now == n_q - 1) & last_chunk), sa["sub"].eq(osub), sa["sh"].eq(os_m1),
                              o2_val.eq(q_end)]
                 m.d.sync += [s1[t].eq(sa[t]) for t in ("val",) + tags]
                 m.d.sync += [sq[t].eq(s1[t]) for t in ("val",) + tags]
@@ -538,7 +542,7 @@ class AttentionKernel(wiring.Component):
                             with m.Case(k):
                                 m.d.sync += [oa[h][j].eq(acch[h][0][k * OL + j]) for j in range(OL)]
                     for j in range(OL):
-                        m.d.sync += [o1[h][j].eq(oa[h][j] * oa_r[h]), oq[h][j].eq(o1[h][j] >> os_m1)]
+                        m.d.sync += [o1[h][j].eq(oa[h][j] * oa_r[h]), oq[h][j].eq(o1[h][j] >> s1["sh"])]
                     clamped = []
                     for j in range(OL):
                         y = Signal(signed(AB + RB + 2), name=f"y_{h}_{j}")

@@ -125,6 +125,29 @@ def test_serial_output_products_exact_and_under_stalls(out_lanes):
     assert out.min() == -128 and out.max() == 127              # the case reaches both clamps
 
 
+@pytest.mark.parametrize("out_lanes", [None, 2])
+@pytest.mark.parametrize("stalls, seed", [(False, 0), (True, 4), (True, 6), (True, 20)])
+def test_back_to_back_descriptors_keep_their_own_output_shift(out_lanes, stalls, seed):
+    """A descriptor accepted while the previous one's last outputs are still in the output
+    pipeline (the state machine is back in CFG) must not lend them its out_shift."""
+    from dataclasses import replace
+    P = replace(P1, out_lanes=out_lanes)
+    rng = np.random.default_rng(3)
+    op1, op2 = make_op(2, 8, s_o=0.025), make_op(2, 8, s_o=0.4)
+    assert op1.out_shift != op2.out_shift
+    q, k, v = (rng.integers(-128, 128, (6, 16)) for _ in range(3))   # passes of 4 + 2 queries: 4 beats last
+    j1, j2 = (attention_job(op, q, k, v, P, stalls=False) for op in (op1, op2))
+    both = dict(j1, groups=j1["groups"] + j2["groups"], predicted=j1["predicted"] + j2["predicted"])
+    beats = {n: j1["beats"][n] + j2["beats"][n] for n in INPUTS}
+    got, _, err, left = amaranth_run(P, both, stalls=stalls, seed=seed, beats=beats)
+    n1 = Scoreboard(j1).n_expected()
+    assert err == 0 and all(x == 0 for x in left.values())
+    for job, op, part in ((j1, op1, got[:n1]), (j2, op2, got[n1:])):
+        res = Scoreboard(job).check(part)
+        assert res["errors"] == [] and res["mismatches"] == 0, res["first_mismatch"]
+        assert np.array_equal(res["got"], op(q, k, v))
+
+
 def test_serial_output_saves_multipliers():
     full = attention_resources(AttentionParams(p=2, t_a=8, max_seq=17, head_dim=16), "ecp5")
     two = attention_resources(AttentionParams(p=2, t_a=8, max_seq=17, head_dim=16, out_lanes=2), "ecp5")
