@@ -234,9 +234,19 @@ S_CFG, S_QLOAD, S_K, S_V, S_DIV, S_OUT = range(6)
 
 
 class AttentionKernel(wiring.Component):
-    """The attention kernel for one :class:`AttentionParams` (see the module docstring)."""
+    """The attention kernel for one :class:`AttentionParams` (see the module docstring).
 
-    def __init__(self, params: AttentionParams | None = None, **kwargs):
+    ``out_shift_in_flight``: the output shift travels with each product through the output
+    pipeline, so a descriptor accepted while the previous one's last outputs are still in it
+    cannot change their shift (the default). An integrator that never changes ``out_shift``
+    while outputs are in flight may pass False for the kernel's full-width output (``out_lanes``
+    None): the stage then reads the configuration register, 6 flip-flops fewer. The accelerator
+    top does (hdl/top.py). A serial output always carries its shift."""
+
+    def __init__(self, params: AttentionParams | None = None, *, out_shift_in_flight: bool = True, **kwargs):
+        if not isinstance(out_shift_in_flight, bool):
+            raise AttentionParamError(f"AttentionKernel: out_shift_in_flight={out_shift_in_flight!r} must be a bool")
+        self._shift_tag = out_shift_in_flight
         if params is None:
             params = AttentionParams(**kwargs)
         elif kwargs:
@@ -470,18 +480,21 @@ class AttentionKernel(wiring.Component):
             m.d.comb += os_m1.eq(out_shift - 1)
             tok_now = Signal(P.len_bits + 1)
             m.d.comb += tok_now.eq(pass_base + slot)
+            if self._shift_tag:
+                with m.If(o_en):
+                    m.d.sync += o1_sh.eq(os_m1)
             with m.If(o_en):
                 m.d.sync += [o1_val.eq(issue), oq_val.eq(o1_val), o2_val.eq(oq_val),
                              o1_tok.eq(tok_now), o1_chunk.eq(chunk),
                              o1_first.eq((tok_now == 0) & (chunk == 0)),
-                             o1_last.eq((tok_now == n_q - 1) & last_chunk), o1_sh.eq(os_m1),
+                             o1_last.eq((tok_now == n_q - 1) & last_chunk),
                              oq_tok.eq(o1_tok), oq_chunk.eq(o1_chunk), oq_first.eq(o1_first), oq_last.eq(o1_last),
                              o2_tok.eq(oq_tok), o2_chunk.eq(oq_chunk),
                              o2_first.eq(oq_first), o2_last.eq(oq_last)]
                 for h in range(H):
                     for t in range(TA):
                         m.d.sync += o1[h][t].eq(acch[h][0][t] * recip[h])   # slot 0 is the chain head
-                        m.d.sync += oq[h * TA + t].eq(o1[h][t] >> o1_sh)
+                        m.d.sync += oq[h * TA + t].eq(o1[h][t] >> (o1_sh if self._shift_tag else os_m1))
                         y = Signal(signed(AB + RB + 2), name=f"y_{h}_{t}")
                         m.d.comb += y.eq((oq[h * TA + t] + 1) >> 1)
                         m.d.sync += o2[h * TA + t].eq(Mux(y > 127, 127, Mux(y < -128, -128, y)))

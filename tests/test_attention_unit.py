@@ -148,6 +148,15 @@ def test_back_to_back_descriptors_keep_their_own_output_shift(out_lanes, stalls,
         assert np.array_equal(res["got"], op(q, k, v))
 
 
+def test_the_shift_register_option_is_a_bool_and_the_default_carries_the_shift():
+    with pytest.raises(AttentionParamError, match=r"out_shift_in_flight=1 must be a bool"):
+        AttentionKernel(P1, out_shift_in_flight=1)
+    from amaranth.back import verilog
+    tagged = verilog.convert(AttentionKernel(P1), name="k", emit_src=False)
+    plain = verilog.convert(AttentionKernel(P1, out_shift_in_flight=False), name="k", emit_src=False)
+    assert "o1_sh" in tagged and "o1_sh" not in plain
+
+
 def test_serial_output_saves_multipliers():
     full = attention_resources(AttentionParams(p=2, t_a=8, max_seq=17, head_dim=16), "ecp5")
     two = attention_resources(AttentionParams(p=2, t_a=8, max_seq=17, head_dim=16, out_lanes=2), "ecp5")

@@ -68,6 +68,25 @@ def test_compile_digits_program_and_capacity_errors(digits_design):
         compile_model(ref, digits_design, blocks=[1, 3])
 
 
+def test_attention_ops_wait_for_their_outputs_before_the_next(digits_design):
+    """The top's attention kernel reads out_shift from its configuration register (hdl/top.py,
+    out_shift_in_flight=False): the program must wait for every output of an attention op before
+    the next op's constants reach the kernel."""
+    from accel.hdl.program import PORT
+    from accel.sim.model_runner import op_of
+    comp = compile_model(load_reference("digits-moe"), digits_design)
+    by_op: dict[str, list] = {}
+    for ins in comp.program:
+        by_op.setdefault(op_of(ins["comment"]), []).append(ins)
+    att = {op: ins for op, ins in by_op.items()
+           if any(i["op"] == OP.READ and i.get("port") == PORT.ATT_CFG for i in ins)}
+    assert len(att) == 4                                # one attention op per block
+    for op, ins in att.items():
+        assert ins[-1]["op"] == OP.WAIT, f"attention op {op!r} ends with {ins[-1]['comment']!r}, not a WAIT"
+        assert all(i.get("port") in (PORT.ATT_CFG, PORT.ATT_Q, PORT.ATT_K, PORT.ATT_V)
+                   for i in ins if i["op"] == OP.READ), op   # nothing else reads between its constants and its WAIT
+
+
 def test_cycle_model_parts_and_memory_sensitivity(digits_design):
     ref = load_reference("digits-moe")
     comp = compile_model(ref, digits_design)
