@@ -695,8 +695,8 @@ OPEN_FLOW_LN_STATS_STEPS = 2
 OPEN_FLOW_RESIDUAL_MUL_LANES = 2
 # Attention outputs multiplied by the reciprocal per cycle in the open-flow builds (None: all t_a).
 # 2 of 8 free 24 DSP blocks of the smallest digits-moe design for the linear kernel's MACs (Yosys
-# LUT4 37.6k -> 31.1k, +1.4% cycles), but that netlist did not route (router2 stalled with about
-# 1,100-3,000 overused wires at the default seed and seed 1) where today's routes, and with the
+# LUT4 37.7k -> 31.1k, +1.4% cycles), but that netlist did not route (router2 reached a low of 448
+# overused wires at the default seed and 2,452 at seed 1, then climbed) where today's routes, and with the
 # blocks free the search picks two attention replicas; so it stays an option (docs/benchmarks.md)
 OPEN_FLOW_ATT_OUT_LANES = None
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from accel.models.errors import AccelError
 
-__all__ = ["DEFAULT_PATIENCE", "STALL_FLOOR", "RouterStall", "router_iterations", "router_stall",
-           "check_patience"]
+__all__ = ["DEFAULT_PATIENCE", "STALL_FLOOR", "RouterStall", "router_runs", "router_iterations", "stall_in",
+           "router_stall", "check_patience"]
 
 DEFAULT_PATIENCE = 10   # router2 iterations without a new low of overused wires ...
 STALL_FLOOR = 50        # ... while that low is at least this many wires: a stall
@@ -49,27 +49,39 @@ def check_patience(patience) -> int:
     return patience
 
 
-def router_iterations(log_text: str) -> list[tuple[int, int]]:
-    """(iteration, overused wires) of the log's last router2 run (a log may hold several)."""
-    out: list[tuple[int, int]] = []
+def router_runs(log_text: str) -> list[list[tuple[int, int]]]:
+    """(iteration, overused wires) of every router2 run in a log (a new run restarts the count)."""
+    runs: list[list[tuple[int, int]]] = []
     for m in _ITERATION.finditer(log_text):
         it, over = int(m.group(1)), int(m.group(2))
-        if out and it <= out[-1][0]:
-            out = []
-        out.append((it, over))
-    return out
+        if not runs or it <= runs[-1][-1][0]:
+            runs.append([])
+        runs[-1].append((it, over))
+    return runs
 
 
-def router_stall(log_text: str, patience: int = DEFAULT_PATIENCE, floor: int = STALL_FLOOR) -> RouterStall | None:
-    """The stall in a nextpnr log, if its last router2 run has gone ``patience`` iterations
-    without a new low of overused wires while that low is ``floor`` wires or more; else None
-    (also with ``patience`` 0: never)."""
+def router_iterations(log_text: str) -> list[tuple[int, int]]:
+    """(iteration, overused wires) of the log's last router2 run."""
+    runs = router_runs(log_text)
+    return runs[-1] if runs else []
+
+
+def stall_in(iterations: list[tuple[int, int]], patience: int = DEFAULT_PATIENCE,
+             floor: int = STALL_FLOOR) -> RouterStall | None:
+    """The first point of one router2 run's (iteration, overused) list that lies ``patience``
+    iterations past the run's low while that low is ``floor`` wires or more; else None (also with
+    ``patience`` 0: never)."""
     if not check_patience(patience):
         return None
     best = None
-    for it, over in router_iterations(log_text):
+    for it, over in iterations:
         if best is None or over < best[1]:
             best = (it, over)
         elif it - best[0] >= patience and best[1] >= floor:
             return RouterStall(best[0], best[1], it, over, patience)
     return None
+
+
+def router_stall(log_text: str, patience: int = DEFAULT_PATIENCE, floor: int = STALL_FLOOR) -> RouterStall | None:
+    """The stall of a nextpnr log's last router2 run (:func:`stall_in`), or None."""
+    return stall_in(router_iterations(log_text), patience, floor)

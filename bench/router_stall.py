@@ -15,22 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from accel.router_watch import DEFAULT_PATIENCE, STALL_FLOOR, router_iterations, router_stall
-
-
-def runs_of(text: str) -> list[str]:
-    """The log split at each restart of router2's iteration count (one text per run)."""
-    out, cur, last = [], [], None
-    for line in text.splitlines(keepends=True):
-        its = router_iterations(line)
-        if its and last is not None and its[0][0] <= last:
-            out.append("".join(cur))
-            cur = []
-        if its:
-            last = its[0][0]
-        cur.append(line)
-    out.append("".join(cur))
-    return [r for r in out if router_iterations(r)]
+from accel.router_watch import DEFAULT_PATIENCE, STALL_FLOOR, router_runs, stall_in
 
 
 def main(argv=None) -> int:
@@ -42,11 +27,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     rows = []
     for path in sorted(set(a.logs)):
-        for k, text in enumerate(runs_of(path.read_text(errors="replace"))):
-            its = router_iterations(text)
+        for k, its in enumerate(router_runs(path.read_text(errors="replace"))):
             if len(its) < a.min_iterations:
                 continue
-            st = router_stall(text, a.patience, a.floor)
+            st = stall_in(its, a.patience, a.floor)
             rows.append({"log": str(path), "run": k, "iterations": its[-1][0], "last_overused": its[-1][1],
                          "routed": its[-1][1] == 0,
                          "stopped_at": None if st is None else st.iteration,

@@ -461,9 +461,6 @@ class AttentionKernel(wiring.Component):
             o1_chunk = Signal.like(chunk, reset_less=True)
             o1_first = Signal()
             o1_last = Signal()
-            # out_shift - 1 travels with the product: a descriptor accepted while the last products
-            # are still in the pipeline (the FSM is back in CFG) must not lend them its shift
-            o1_sh = Signal(6, reset_less=True)
             # stage Q between the product and the output register: the product shifted by out_shift - 1
             # (shift, round and clamp in one cycle were the kernel's ECP5 critical path, 21.6 ns)
             oq = [Signal(signed(AB + RB + 1), name=f"oq_{i}", reset_less=True) for i in range(H * TA)]
@@ -480,9 +477,13 @@ class AttentionKernel(wiring.Component):
             m.d.comb += os_m1.eq(out_shift - 1)
             tok_now = Signal(P.len_bits + 1)
             m.d.comb += tok_now.eq(pass_base + slot)
+            # out_shift - 1 travels with the product: a descriptor accepted while the last products
+            # are still in the pipeline (the FSM is back in CFG) must not lend them its shift
+            shift = os_m1
             if self._shift_tag:
+                shift = Signal(6, name="o1_sh", reset_less=True)
                 with m.If(o_en):
-                    m.d.sync += o1_sh.eq(os_m1)
+                    m.d.sync += shift.eq(os_m1)
             with m.If(o_en):
                 m.d.sync += [o1_val.eq(issue), oq_val.eq(o1_val), o2_val.eq(oq_val),
                              o1_tok.eq(tok_now), o1_chunk.eq(chunk),
@@ -494,7 +495,7 @@ class AttentionKernel(wiring.Component):
                 for h in range(H):
                     for t in range(TA):
                         m.d.sync += o1[h][t].eq(acch[h][0][t] * recip[h])   # slot 0 is the chain head
-                        m.d.sync += oq[h * TA + t].eq(o1[h][t] >> (o1_sh if self._shift_tag else os_m1))
+                        m.d.sync += oq[h * TA + t].eq(o1[h][t] >> shift)
                         y = Signal(signed(AB + RB + 2), name=f"y_{h}_{t}")
                         m.d.comb += y.eq((oq[h * TA + t] + 1) >> 1)
                         m.d.sync += o2[h * TA + t].eq(Mux(y > 127, 127, Mux(y < -128, -128, y)))
