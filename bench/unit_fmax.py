@@ -136,12 +136,20 @@ def main(argv=None) -> int:
     rows = []
     for name in args.units.split(","):
         print(f"[bench] {name}: synthesis and place and route", file=sys.stderr, flush=True)
-        row = run_unit(name, make[name](), work, args.mhz, env, flatten=name in args.flatten.split(","))
-        print(f"[bench] {name}: {row['fmax_mhz']} MHz", file=sys.stderr, flush=True)
+        flatten = name in args.flatten.split(",")
+        try:
+            row = run_unit(name, make[name](), work, args.mhz, env, flatten=flatten)
+            print(f"[bench] {name}: {row['fmax_mhz']} MHz", file=sys.stderr, flush=True)
+        except subprocess.CalledProcessError as exc:    # one unit's tool failure: say so, go on
+            tool = Path(exc.cmd[0]).name
+            row = {"unit": name, "fmax_mhz": None, "flatten": flatten,
+                   "error": f"{tool} exited with {exc.returncode}; see {work / name}/"
+                            f"{'synth.log' if 'yosys' in tool else 'pnr.log'}"}
+            print(f"[bench] {name}: {row['error']}", file=sys.stderr, flush=True)
         rows.append(row)
     print(json.dumps({"model": args.model, "design": design.to_json(), "constraint_mhz": args.mhz,
                       "units": rows}, indent=2))
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":
