@@ -332,13 +332,43 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text[-lines:])
 
 
+# the tools this process has started and not reaped yet: a SIGTERM ends Python without its
+# cleanup, so the CLI's handler kills these first (stop_running_tools), else nextpnr runs on
+_RUNNING: set[subprocess.Popen] = set()
+
+
+def _start(argv: list[str], **kwargs) -> subprocess.Popen:
+    proc = subprocess.Popen(argv, **kwargs)
+    _RUNNING.add(proc)
+    return proc
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    _RUNNING.discard(proc)
+
+
+def stop_running_tools() -> int:
+    """Kill every synthesis or place-and-route tool this process started and has not reaped;
+    returns how many were still running. For a signal handler: the build steps then fail as if
+    the tool had crashed, and their own cleanup runs."""
+    killed = 0
+    for proc in list(_RUNNING):
+        if proc.poll() is None:
+            proc.kill()
+            killed += 1
+    return killed
+
+
 def _run_tool(step: str, argv: list[str], cwd: Path, env: dict, log: Path, say, heartbeat_s: float = 20.0,
               watch: Path | None = None, router_patience: int = 0) -> None:
     """Run one tool (stdout/stderr to ``log``), saying every ``heartbeat_s`` what it is doing.
     ``router_patience`` > 0: ``watch`` is nextpnr's log; a router2 stall there (accel.router_watch)
     stops the tool and raises RoutingStalled."""
     with open(log, "w") as out:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = _start(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         t0 = last = checked = time.monotonic()
         try:
             while proc.poll() is None:
@@ -358,10 +388,8 @@ def _run_tool(step: str, argv: list[str], cwd: Path, env: dict, log: Path, say, 
                     if tail and tail != "(no log)":
                         hint = f": {tail[:100]}"
                     say(f"  {step}: {now - t0:.0f} s{hint}")
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+        finally:
+            _reap(proc)
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, argv)
 
@@ -424,8 +452,8 @@ def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, 
             own.setdefault("--log", f"{name}.{sd}.tim")
             args = [*base, *(a for opt, value in own.items() for a in (opt, value)),
                     *([] if sd == "default" else ["--seed", sd])]
-            procs[sd] = (subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.STDOUT), cwd / own["--log"], own)
+            procs[sd] = (_start(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT),
+                         cwd / own["--log"], own)
         step_log.write_text("".join(f"seed {sd}: {' '.join(p.args)}\n" for sd, (p, _, _) in procs.items()))
         while winner is None:
             time.sleep(0.2)
@@ -468,9 +496,7 @@ def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, 
                     for sd, (_, log, _) in procs.items()))
     finally:
         for p, _, _ in procs.values():
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+            _reap(p)
     wirelength = {}
     for sd, (_, log, _) in procs.items():
         found = _WIRELEN.findall(log.read_text(errors="replace")) if log.exists() else []

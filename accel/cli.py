@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -539,8 +541,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so every step's cleanup runs (a BaseException,
+    so no step's ``except Exception`` takes it for a step failure)."""
+
+
+def _on_sigterm(signum, frame):
+    from accel.build import stop_running_tools
+    raise _Terminated(f"stopped by SIGTERM; {stop_running_tools()} running synthesis/place-and-route tool(s) killed")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (a timeout, a job scheduler) would end Python without cleanup and leave yosys or
+    # nextpnr running for many minutes: kill them, then unwind like any other error
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         result = args.fn(args)
     except AccelError as exc:
@@ -548,6 +563,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
         return 2
+    except _Terminated as exc:
+        print(f"accel {args.command}: {exc}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(json.dumps(result, indent=2, default=jsonable))
     return 0

@@ -488,3 +488,42 @@ def test_a_race_drops_stalled_seeds_and_fails_only_when_all_stall(tmp_path, monk
                                              r"\(exit status 1\)"):
         _race(argv, (None, 9), "top", tmp_path, dict(os.environ), said.append, 0.1,
               tmp_path / "top.place_and_route.log", router_patience=10)
+
+
+_SIGTERM_CHILD = r'''
+import argparse, sys
+from pathlib import Path
+from accel import build, cli
+
+def run(args):   # a build step whose tool runs far longer than the test
+    sleeper = [sys.executable, "-c", "import os, time; open('sleeper.pid', 'w').write(str(os.getpid())); time.sleep(120)"]
+    build._run_tool("place_and_route", sleeper, Path("."), None, Path("tool.log"), lambda msg: None)
+
+def parser():
+    p = argparse.ArgumentParser()
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=run, command="build")
+    return p
+
+cli.build_parser = parser
+sys.exit(cli.main([]))
+'''
+
+
+def test_sigterm_stops_the_running_tool(tmp_path):
+    """SIGTERM to `accel` kills the synthesis/place-and-route tool it is waiting for (before, Python
+    ended at once and left nextpnr running for many minutes) and exits with 143 after the cleanup."""
+    import signal
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", _SIGTERM_CHILD], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    pid_file = tmp_path / "sleeper.pid"
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    sleeper = int(pid_file.read_text())
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 128 + signal.SIGTERM
+    assert "accel build: stopped by SIGTERM; 1 running synthesis/place-and-route tool(s) killed" in err
+    with pytest.raises(ProcessLookupError):    # gone, and reaped by the build's cleanup
+        os.kill(sleeper, 0)
