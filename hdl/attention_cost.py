@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import math
 
+from amaranth import Signal, signed
+
+from .common import product_pieces
 from .resources import CostModelError
 
 from .attention import DIV_STEPS, AttentionParams
@@ -137,11 +140,9 @@ def _memory(P: AttentionParams, family: str) -> tuple[int, float]:
 
 
 def _piece_bits(a_bits: int, b_bits: int) -> int:
-    """Register bits of the partial products of a signed ``a_bits`` x unsigned ``b_bits`` product
-    (hdl/common.py product_pieces: 17-bit slices, each partial as wide as its two slices)."""
-    def slices(width):
-        return [min(17, width - lo) for lo in range(0, width, 17)]
-    return sum(wa + wb for wa in slices(a_bits) for wb in slices(b_bits))
+    """Register bits of the partial products of a signed ``a_bits`` x unsigned ``b_bits`` product,
+    as the kernel slices it (hdl/common.py product_pieces)."""
+    return sum(len(v) for v, _ in product_pieces(Signal(signed(a_bits)), Signal(b_bits)))
 
 
 def attention_registers(params: AttentionParams) -> int:
