@@ -122,6 +122,10 @@ def cases_a():
                                        np.zeros(0, np.int64))],
                            Requant.from_ratios([2.0 ** -15], 8), 6, PA, name="expert_all_empty",
                            seed=12))
+    jobs.append(expert_job([ExpertPass(op_e, np.zeros((0, 12), np.int64), np.zeros(0, np.int64),
+                                       np.zeros(0, np.int64))],
+                           Requant.from_ratios([2.0 ** -15], 8), 6, PA, name="expert_all_empty_nostall",
+                           stalls=False))     # the flush alone: its descriptor's acceptance sets the pace
     jobs.append(expert_job([ExpertPass(op_e, rng.integers(-128, 128, (5, 12)), np.arange(5),
                                        np.full(5, 30000))],
                            Requant.from_ratios([2.0 ** -15], 8), 5, PA, name="expert_nostall",
@@ -153,7 +157,7 @@ def test_extremes_hit_saturation(results_a):
 
 
 @pytest.mark.parametrize("name", ["random_nostall", "ragged_nostall", "max_shape_nostall",
-                                  "expert_nostall"])
+                                  "expert_nostall", "expert_all_empty_nostall"])
 def test_cycle_model_matches_rtl_without_stalls(results_a, name):
     r = results_a[name]
     assert r.ok, r.describe()
@@ -176,7 +180,8 @@ def test_stalls_only_slow_down(results_a):
     assert results_a["random"].cycles > results_a["random_nostall"].cycles
 
 
-@pytest.mark.parametrize("name", ["expert_zero_tokens_out16", "expert_all_empty", "expert_nostall",
+@pytest.mark.parametrize("name", ["expert_zero_tokens_out16", "expert_all_empty", "expert_all_empty_nostall",
+                                  "expert_nostall",
                                   "moe/fc2+combine"])
 def test_expert_bit_exact(results_a, name):
     r = results_a[name]
