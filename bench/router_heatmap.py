@@ -1,14 +1,14 @@
-"""Where router2's overuse is: a summary of nextpnr's ``--router2-heatmap`` files as JSON.
+"""Where router2's congestion is: a summary of nextpnr's ``--router2-heatmap`` files as JSON.
 
     .venv/bin/python bench/router_heatmap.py DIR/PREFIX [--iteration N] [--top 20] [--block 10]
 
 nextpnr-ecp5 ``--router2-heatmap DIR/PREFIX`` writes, each routing iteration N,
 ``PREFIX_congestion_by_coordinate_N.csv`` (one row per tile column x, one value per tile row y:
-overused wires there) and ``PREFIX_congestion_by_net_N.csv`` (net, overused wires on it). This
-script reads one iteration (default: the latest written) and prints the total, the hottest tiles,
-the hottest ``--block`` x ``--block`` tile blocks, and the nets grouped by their RTL signal (the
-name before the first ``_TRELLIS``/``_LUT4``/``_CCU2C``/``_DP16KD``/``_MULT18`` suffix nextpnr's
-packing adds), largest first. The run itself is a plain nextpnr call in the build's gateware
+the users of that tile's wires that have two or more, summed) and
+``PREFIX_congestion_by_net_N.csv`` (net, its congestion). This script reads one iteration
+(default: the latest written) and prints the total, the hottest tiles, the hottest ``--block`` x
+``--block`` tile blocks, and the nets grouped by the RTL signal they were made from
+(accel.timing_paths.signal_of, as the timing path groups are), largest first. The run itself is a plain nextpnr call in the build's gateware
 folder (the accelerator's flags from ``build_top.sh``, plus the heatmap option), stopped by hand
 once the iteration of interest is written.
 """
@@ -22,7 +22,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-NET_SUFFIX = re.compile(r"(_TRELLIS|_LUT4|_CCU2C|_DP16KD|_MULT18).*")
+from accel.timing_paths import signal_of
 
 
 class HeatmapError(Exception):
@@ -55,13 +55,13 @@ def summarize(prefix: Path, iteration: int | None = None, top: int = 20, block: 
     if by_net.exists():
         for row in csv.reader(by_net.open()):
             if len(row) >= 2 and row[1].strip().isdigit():
-                nets[NET_SUFFIX.sub("", row[0])] += int(row[1])
+                nets[signal_of(row[0])] += int(row[1])
     return {
         "heatmap": str(coord), "iteration": it, "iterations_written": len(its),
-        "overuse_total": sum(v for v, _, _ in tiles),
-        "hottest_tiles": [{"x": x, "y": y, "overuse": v} for v, x, y in tiles[:top]],
-        "hottest_blocks": [{"x": x, "y": y, "size": block, "overuse": v} for (x, y), v in blocks.most_common(top)],
-        "signals": [{"signal": n, "overuse": v} for n, v in nets.most_common(top)],
+        "congestion_total": sum(v for v, _, _ in tiles),
+        "hottest_tiles": [{"x": x, "y": y, "congestion": v} for v, x, y in tiles[:top]],
+        "hottest_blocks": [{"x": x, "y": y, "size": block, "congestion": v} for (x, y), v in blocks.most_common(top)],
+        "signals": [{"signal": n, "congestion": v} for n, v in nets.most_common(top)],
     }
 
 
