@@ -425,6 +425,94 @@ def test_race_that_every_seed_fails_raises_with_a_log(tmp_path):
     assert "wirelen" in (tmp_path / "top.tim").read_text()     # a failed racer's log, under the usual name
 
 
+# ------------------------------------------------------------------------------ placed without, routed with timing weights
+
+FAKE_TWO_STAGE_NEXTPNR = """
+import json, sys
+args = sys.argv[1:]
+opt = lambda name: args[args.index(name) + 1] if name in args else None
+seed = opt("--seed") or "default"
+log = open(opt("--log"), "w")
+if "--no-route" in args:              # stage 1: place, write the placed netlist with nextpnr's settings
+    if "--report" in args or "--textcfg" in args or "--no-tmdriv" not in args:
+        sys.exit(3)
+    log.write(f"Info:   at iteration #1: temp = 0.000000, timing cost = 0, wirelen = {100 if seed == '3' else 300}\\n")
+    json.dump({"modules": {"top": {"settings": {"timing_driven": "0" * 32, "placer": "static"}}}},
+              open(opt("--write"), "w"))
+elif "--no-place" in args:            # stage 2: route the placed netlist, timing-driven from its settings
+    settings = json.load(open(opt("--json")))["modules"]["top"]["settings"]
+    if settings["timing_driven"] != "0" * 31 + "1" or "--no-tmdriv" in args:
+        sys.exit(4)
+    log.write("Info:     iter=1 wires=9 overused=0 overuse=0 archfail=0\\n")
+    open(opt("--report"), "w").write(seed)
+    open(opt("--textcfg"), "w").write("config")
+    open(opt("--write"), "w").write("routed")
+else:
+    sys.exit(2)
+"""
+
+_ONE_RUN = ["--report", "nextpnr_report.json", "--timing-allow-fail", "--placer", "static", "--router", "router2",
+            "--no-tmdriv", "--detailed-timing-report", "--write", "top_routed.json", "--log", "top.tim", "--85k",
+            "--json", "top.json", "--lpf", "top.lpf", "--textcfg", "top.config"]
+
+
+def test_routing_with_timing_weights_splits_the_run_in_two():
+    from accel.build import _pnr_stages
+    one = _pnr_stages(["nextpnr-ecp5", *_ONE_RUN], False, "top")
+    assert [st.argv for st in one] == [["nextpnr-ecp5", *_ONE_RUN]] and one[0].log == "top.tim"
+    place, route = _pnr_stages(["nextpnr-ecp5", *_ONE_RUN], True, "top", tag="3.")
+    assert place.argv == ["nextpnr-ecp5", "--timing-allow-fail", "--placer", "static", "--router", "router2",
+                          "--no-tmdriv", "--85k", "--json", "top.json", "--lpf", "top.lpf",
+                          "--no-route", "--write", "3.top_placed.json", "--log", "3.top.place.tim"]
+    assert place.log == "3.top.place.tim" and place.before is None
+    assert route.argv == ["nextpnr-ecp5", "--report", "nextpnr_report.json", "--timing-allow-fail", "--placer",
+                          "static", "--router", "router2", "--detailed-timing-report", "--write", "top_routed.json",
+                          "--log", "top.tim", "--85k", "--lpf", "top.lpf", "--textcfg", "top.config",
+                          "--no-place", "--json", "3.top_placed.json"]
+    assert route.log == "top.tim" and route.before is not None
+
+
+def test_the_placed_netlist_gets_timing_driven_on_and_a_wrong_file_is_named(tmp_path):
+    from accel.build import BuildError, _placed_netlist_for_routing
+    placed = tmp_path / "top_placed.json"
+    placed.write_text(json.dumps({"modules": {"cell": {}, "top": {"settings": {"timing_driven": "0" * 32}}}}))
+    _placed_netlist_for_routing(placed)
+    assert json.loads(placed.read_text())["modules"]["top"]["settings"]["timing_driven"] == "0" * 31 + "1"
+    placed.write_text(json.dumps({"modules": {"top": {}}}))
+    with pytest.raises(BuildError, match=r"top_placed.json has 0 modules with nextpnr settings, expected 1"):
+        _placed_netlist_for_routing(placed)
+    placed.write_text("{")
+    with pytest.raises(BuildError, match=r"the placed netlist .*top_placed.json could not be read"):
+        _placed_netlist_for_routing(placed)
+
+
+def test_place_then_route_with_timing_weights_alone_and_in_a_race(tmp_path):
+    from accel.build import _place_and_route, _race
+    (tmp_path / "fake_nextpnr.py").write_text(FAKE_TWO_STAGE_NEXTPNR)
+    argv = [sys.executable, "fake_nextpnr.py", *_ONE_RUN]
+    said = []
+    logs = list(_place_and_route(argv, True, "top", tmp_path, dict(os.environ), tmp_path / "top.place_and_route.log",
+                                 said.append, 0.1, 10))
+    assert [p.name for p in logs] == ["top.place.tim", "top.tim"]
+    assert (tmp_path / "nextpnr_report.json").read_text() == "default"
+    assert any("routing with timing weights" in s for s in said)
+    (tmp_path / "nextpnr_report.json").unlink()
+    out = _race(argv, (None, 3), "top", tmp_path, dict(os.environ), said.append, 0.1,
+                tmp_path / "top.place_and_route.log", route_timing=True)
+    assert out["wirelength_by_seed"]["3"] == 100 and out["routed_seed"] in ("default", "3")
+    assert (tmp_path / "nextpnr_report.json").read_text() == out["routed_seed"]
+    assert (tmp_path / "top.config").read_text() == "config"
+    assert "overused=0" in (tmp_path / "top.tim").read_text()       # the winner's routing log, usual name
+
+
+def test_route_timing_and_timing_driven_placement_exclude_each_other(tmp_path):
+    from accel.build import build_top
+    with pytest.raises(AccelError, match=r"route_timing=True and timing_driven=True: .*pass one or the other"):
+        build_top(None, "ulx3s-85f", tmp_path, route_timing=True, timing_driven=True)
+    with pytest.raises(AccelError, match=r"route_timing='yes': pass True, False or None"):
+        build_top(None, "ulx3s-85f", tmp_path, route_timing="yes")
+
+
 # ------------------------------------------------------------------------------ a stalled router stops the build
 
 FAKE_STALLING_NEXTPNR = """
