@@ -45,6 +45,7 @@ from dataclasses import dataclass, fields
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -57,6 +58,12 @@ __all__ = ["AttentionParamError", "AttentionParams", "AttentionKernel", "attenti
            "generate_verilog", "MAX_SEQ", "MAX_MACS", "DIV_STEPS"]
 
 MAX_SEQ = IntAttention.MAX_KEYS    # |acc * r| < keys * 2**46 stays below 2**56
+# beats the output FIFO holds: the output pipeline runs without a stall, and a beat is issued only
+# when a FIFO place is kept for it (``credits``), so the consumer's ready drives the FIFO's read
+# side and the credit counter, not the enable of the whole output pipeline (that enable, fanned
+# out from the writer's ready, was the ECP5's longest path: 22.5-24.0 ns). At least OUT_LATENCY + 1
+# for one beat a cycle.
+OUT_FIFO_DEPTH = 8
 MAX_MACS = 4096                    # lanes * t_a: beyond this elaboration and simulation crawl
 DIV_STEPS = ATTN_RECIP_BITS        # restoring-division steps: quotient < 2**24
 EXP_SHIFT_SAT = EXP2_OUT_BITS + 1  # e >> s == 0 for every s >= 16 (EXP2_TABLE <= 2**15)
@@ -447,15 +454,21 @@ class AttentionKernel(wiring.Component):
         v_busy = Signal()
         m.d.comb += v_busy.eq(Cat(*vval[:NVS]).any() | pvv)
 
-        # ================= output pipeline (global enable) ==================================
+        # ================= output pipeline (free-running, into the output FIFO) ============
+        # the last stage writes the FIFO (w_en ``o2_val``), whose beats are visible the cycle
+        # after, as the output register's were; ``credits`` counts the FIFO places not yet kept
+        m.submodules.out_fifo = ofifo = SyncFIFO(width=len(self.o_o.payload.as_value()), depth=OUT_FIFO_DEPTH)
+        credits = Signal(range(OUT_FIFO_DEPTH + 1), init=OUT_FIFO_DEPTH)
+        credit = Signal()
+        o_read = Signal()
+        m.d.comb += [credit.eq(credits != 0), o_read.eq(ofifo.r_rdy & self.o_o.ready)]
         o2_val = Signal()
-        o_en = Signal()
-        m.d.comb += o_en.eq(~o2_val | self.o_o.ready)
         issue = Signal()
+        m.d.sync += credits.eq(credits - issue + o_read)
         if OS == 1:
             o1_val = Signal()
             oq_val = Signal()
-            m.d.comb += issue.eq((state == S_OUT) & o_en)
+            m.d.comb += issue.eq((state == S_OUT) & credit)
             op_val = Signal()
             # stage P: the partial products of acc * r, one 18 x 18 block each, registered beside
             # their DSP blocks; stage 1 sums them (DSP -> carry chain -> carry chain in one cycle was
@@ -479,9 +492,10 @@ class AttentionKernel(wiring.Component):
             oq_chunk = Signal.like(chunk, reset_less=True)
             oq_first = Signal()
             oq_last = Signal()
-            o2 = [Signal(signed(8), name=f"o2_{i}", reset_less=True) for i in range(H * TA)]
-            o2_tok = Signal(P.tok_bits, reset_less=True)
-            o2_chunk = Signal.like(chunk, reset_less=True)
+            # the clamped beat (o2), written into the FIFO
+            o2 = [Signal(signed(8), name=f"o2_{i}") for i in range(H * TA)]
+            o2_tok = Signal(P.tok_bits)
+            o2_chunk = Signal.like(chunk)
             o2_first = Signal()
             o2_last = Signal()
             os_m1 = Signal(6)
@@ -494,25 +508,23 @@ class AttentionKernel(wiring.Component):
             if self._shift_tag:
                 op_sh = Signal(6, name="op_sh", reset_less=True)
                 shift = Signal(6, name="o1_sh", reset_less=True)
-                with m.If(o_en):
-                    m.d.sync += [op_sh.eq(os_m1), shift.eq(op_sh)]
-            with m.If(o_en):
-                m.d.sync += [op_val.eq(issue), o1_val.eq(op_val), oq_val.eq(o1_val), o2_val.eq(oq_val),
-                             op_tok.eq(tok_now), op_chunk.eq(chunk),
-                             op_first.eq((tok_now == 0) & (chunk == 0)),
-                             op_last.eq((tok_now == n_q - 1) & last_chunk),
-                             o1_tok.eq(op_tok), o1_chunk.eq(op_chunk), o1_first.eq(op_first), o1_last.eq(op_last),
-                             oq_tok.eq(o1_tok), oq_chunk.eq(o1_chunk), oq_first.eq(o1_first), oq_last.eq(o1_last),
-                             o2_tok.eq(oq_tok), o2_chunk.eq(oq_chunk),
-                             o2_first.eq(oq_first), o2_last.eq(oq_last)]
-                for h in range(H):
-                    for t in range(TA):
-                        m.d.sync += [pp[h][t][i].eq(v) for i, (v, _) in enumerate(pieces[h][t])]
-                        m.d.sync += o1[h][t].eq(tree_sum([pp[h][t][i] << sh for i, (_, sh) in enumerate(pieces[h][t])]))
-                        m.d.sync += oq[h * TA + t].eq(o1[h][t] >> shift)
-                        y = Signal(signed(AB + RB + 2), name=f"y_{h}_{t}")
-                        m.d.comb += y.eq((oq[h * TA + t] + 1) >> 1)
-                        m.d.sync += o2[h * TA + t].eq(Mux(y > 127, 127, Mux(y < -128, -128, y)))
+                m.d.sync += [op_sh.eq(os_m1), shift.eq(op_sh)]
+            m.d.sync += [op_val.eq(issue), o1_val.eq(op_val), oq_val.eq(o1_val),
+                         op_tok.eq(tok_now), op_chunk.eq(chunk),
+                         op_first.eq((tok_now == 0) & (chunk == 0)),
+                         op_last.eq((tok_now == n_q - 1) & last_chunk),
+                         o1_tok.eq(op_tok), o1_chunk.eq(op_chunk), o1_first.eq(op_first), o1_last.eq(op_last),
+                         oq_tok.eq(o1_tok), oq_chunk.eq(o1_chunk), oq_first.eq(o1_first), oq_last.eq(o1_last)]
+            for h in range(H):
+                for t in range(TA):
+                    m.d.sync += [pp[h][t][i].eq(v) for i, (v, _) in enumerate(pieces[h][t])]
+                    m.d.sync += o1[h][t].eq(tree_sum([pp[h][t][i] << sh for i, (_, sh) in enumerate(pieces[h][t])]))
+                    m.d.sync += oq[h * TA + t].eq(o1[h][t] >> shift)
+                    y = Signal(signed(AB + RB + 2), name=f"y_{h}_{t}")
+                    m.d.comb += y.eq((oq[h * TA + t] + 1) >> 1)
+                    m.d.comb += o2[h * TA + t].eq(Mux(y > 127, 127, Mux(y < -128, -128, y)))
+            m.d.comb += [o2_val.eq(oq_val), o2_tok.eq(oq_tok), o2_chunk.eq(oq_chunk),
+                         o2_first.eq(oq_first), o2_last.eq(oq_last)]
         else:
             # serial: a beat goes through the reciprocal product OL elements a head at a time, one
             # piece per cycle (OS cycles a beat); the chain head stays put until the beat's last
@@ -524,7 +536,7 @@ class AttentionKernel(wiring.Component):
             m.d.comb += tok_now.eq(pass_base + slot)
             osub = Signal(range(OS))
             step = Signal()
-            m.d.comb += [step.eq((state == S_OUT) & o_en), issue.eq(step & (osub == OS - 1))]
+            m.d.comb += [step.eq((state == S_OUT) & credit), issue.eq(step & (osub == OS - 1))]
             with m.If(step):
                 m.d.sync += osub.eq(Mux(osub == OS - 1, 0, osub + 1))
             tags = ("tok", "chunk", "first", "last", "sub", "sh")   # sh: out_shift - 1 of the piece
@@ -546,52 +558,47 @@ class AttentionKernel(wiring.Component):
                   for h in range(H)]
             oc = [[[Signal(signed(8), name=f"oc_{h}_{k}_{j}", reset_less=True) for j in range(OL)]
                    for k in range(OS - 1)] for h in range(H)]
-            o2 = [Signal(signed(8), name=f"o2_{i}", reset_less=True) for i in range(H * TA)]
-            o2_tok = Signal(P.tok_bits, reset_less=True)
-            o2_chunk = Signal.like(chunk, reset_less=True)
-            o2_first = Signal(reset_less=True)
-            o2_last = Signal(reset_less=True)
+            o2 = [Signal(signed(8), name=f"o2_{i}") for i in range(H * TA)]    # the beat into the FIFO
+            o2_tok = Signal(P.tok_bits)
+            o2_chunk = Signal.like(chunk)
+            o2_first = Signal()
+            o2_last = Signal()
             q_end = Signal()
             m.d.comb += q_end.eq(sq["val"] & (sq["sub"] == OS - 1))
-            with m.If(o_en):
-                m.d.sync += [sa["val"].eq(step), sa["tok"].eq(tok_now), sa["chunk"].eq(chunk),
-                             sa["first"].eq((tok_now == 0) & (chunk == 0)),
-                             sa["last"].eq((tok_now == n_q - 1) & last_chunk), sa["sub"].eq(osub), sa["sh"].eq(os_m1),
-                             o2_val.eq(q_end)]
-                m.d.sync += [s1[t].eq(sa[t]) for t in ("val",) + tags]
-                m.d.sync += [sq[t].eq(s1[t]) for t in ("val",) + tags]
-                with m.If(q_end):
-                    m.d.sync += [o2_tok.eq(sq["tok"]), o2_chunk.eq(sq["chunk"]),
-                                 o2_first.eq(sq["first"]), o2_last.eq(sq["last"])]
-                for h in range(H):
-                    m.d.sync += oa_r[h].eq(recip[h])                  # slot 0 is the chain head
-                    with m.Switch(osub):
-                        for k in range(OS):
+            m.d.sync += [sa["val"].eq(step), sa["tok"].eq(tok_now), sa["chunk"].eq(chunk),
+                         sa["first"].eq((tok_now == 0) & (chunk == 0)),
+                         sa["last"].eq((tok_now == n_q - 1) & last_chunk), sa["sub"].eq(osub), sa["sh"].eq(os_m1)]
+            m.d.sync += [s1[t].eq(sa[t]) for t in ("val",) + tags]
+            m.d.sync += [sq[t].eq(s1[t]) for t in ("val",) + tags]
+            m.d.comb += [o2_val.eq(q_end), o2_tok.eq(sq["tok"]), o2_chunk.eq(sq["chunk"]),
+                         o2_first.eq(sq["first"]), o2_last.eq(sq["last"])]
+            for h in range(H):
+                m.d.sync += oa_r[h].eq(recip[h])                  # slot 0 is the chain head
+                with m.Switch(osub):
+                    for k in range(OS):
+                        with m.Case(k):
+                            m.d.sync += [oa[h][j].eq(acch[h][0][k * OL + j]) for j in range(OL)]
+                for j in range(OL):
+                    m.d.sync += [o1[h][j].eq(oa[h][j] * oa_r[h]), oq[h][j].eq(o1[h][j] >> s1["sh"])]
+                clamped = []
+                for j in range(OL):
+                    y = Signal(signed(AB + RB + 2), name=f"y_{h}_{j}")
+                    m.d.comb += y.eq((oq[h][j] + 1) >> 1)
+                    clamped.append(Mux(y > 127, 127, Mux(y < -128, -128, y)))
+                with m.If(sq["val"]):
+                    with m.Switch(sq["sub"]):
+                        for k in range(OS - 1):
                             with m.Case(k):
-                                m.d.sync += [oa[h][j].eq(acch[h][0][k * OL + j]) for j in range(OL)]
-                    for j in range(OL):
-                        m.d.sync += [o1[h][j].eq(oa[h][j] * oa_r[h]), oq[h][j].eq(o1[h][j] >> s1["sh"])]
-                    clamped = []
-                    for j in range(OL):
-                        y = Signal(signed(AB + RB + 2), name=f"y_{h}_{j}")
-                        m.d.comb += y.eq((oq[h][j] + 1) >> 1)
-                        clamped.append(Mux(y > 127, 127, Mux(y < -128, -128, y)))
-                    with m.If(sq["val"]):
-                        with m.Switch(sq["sub"]):
-                            for k in range(OS - 1):
-                                with m.Case(k):
-                                    m.d.sync += [oc[h][k][j].eq(clamped[j]) for j in range(OL)]
-                            with m.Case(OS - 1):
-                                m.d.sync += [o2[h * TA + k * OL + j].eq(oc[h][k][j])
-                                             for k in range(OS - 1) for j in range(OL)]
-                                m.d.sync += [o2[h * TA + (OS - 1) * OL + j].eq(clamped[j]) for j in range(OL)]
+                                m.d.sync += [oc[h][k][j].eq(clamped[j]) for j in range(OL)]
+                # the beat's last piece joins the earlier ones on the way into the FIFO
+                m.d.comb += [o2[h * TA + k * OL + j].eq(oc[h][k][j]) for k in range(OS - 1) for j in range(OL)]
+                m.d.comb += [o2[h * TA + (OS - 1) * OL + j].eq(clamped[j]) for j in range(OL)]
+        beat = Signal.like(self.o_o.payload)
         m.d.comb += [
-            self.o_o.valid.eq(o2_val),
-            self.o_o.payload.data.eq(Cat(*o2)),
-            self.o_o.payload.tok.eq(o2_tok),
-            self.o_o.payload.chunk.eq(o2_chunk),
-            self.o_o.payload.first.eq(o2_first),
-            self.o_o.payload.last.eq(o2_last),
+            beat.data.eq(Cat(*o2)), beat.tok.eq(o2_tok), beat.chunk.eq(o2_chunk),
+            beat.first.eq(o2_first), beat.last.eq(o2_last),
+            ofifo.w_data.eq(beat.as_value()), ofifo.w_en.eq(o2_val),
+            self.o_o.valid.eq(ofifo.r_rdy), self.o_o.payload.eq(ofifo.r_data), ofifo.r_en.eq(self.o_o.ready),
         ]
 
         # ---- accumulator chain and sum (V stage 6 / OUT shifts)

@@ -139,6 +139,19 @@ def _memory(P: AttentionParams, family: str) -> tuple[int, float]:
     return 0, P.n_a * dp16
 
 
+# the output FIFO (hdl/attention.py OUT_FIFO_DEPTH = 8): Amaranth SyncFIFO pointers (2 x 3 bits)
+# and level (4), and the kernel's credit counter (4); its storage is LUT RAM (_out_fifo_luts)
+_OUT_FIFO_FF = 14
+
+
+def _out_fifo_luts(P: AttentionParams, family: str) -> int:
+    """LUT-RAM LUTs of the output FIFO: OUT_FIFO_DEPTH beats of the output payload."""
+    width = 8 * P.heads * P.t_a + P.tok_bits + P.chunk_bits + 2
+    if family == "xcup":
+        return 8 * math.ceil(width / 14)        # RAM32M16: 32 x 14, 8 LUTs
+    return 2 * math.ceil(width / 4)             # TRELLIS_DPR16X4: 16 x 4, 2 LUTs
+
+
 def _piece_bits(a_bits: int, b_bits: int) -> int:
     """Register bits of the partial products of a signed ``a_bits`` x unsigned ``b_bits`` product,
     as the kernel slices it (hdl/common.py product_pieces)."""
@@ -167,7 +180,7 @@ def attention_registers(params: AttentionParams) -> int:
              + 1 + CB + TB + 8 * H * TA       # K input stage (valid, chunk, key, beat)
              + H * OL * (AB + RB + 1) + TB + CB + 2   # output product stage
              + H * OL * (AB + RB + 1) + TB + CB + 2   # output shift stage
-             + H * TA * 8 + TB + CB + 2)      # output register
+             + _OUT_FIFO_FF)                  # output FIFO pointers and level, credit counter
     if OS == 1:  # all outputs at once: the partial products of acc x r and their tags
         pipes += H * TA * _piece_bits(AB, RB) + TB + CB + 2
     if OS > 1:   # serial output: piece select stage (and its reciprocal), piece tags, collected pieces
@@ -203,6 +216,7 @@ def attention_resources(params: AttentionParams, family: str) -> dict:
         ff -= NL * TA * (8 + AB) * C
         srl = NL * TA * (8 + AB) * math.ceil(C / 32)
     lutram, bram = _memory(P, family)
+    lutram += _out_fifo_luts(P, family)
     if bram:
         # the score read register: inside RAMB18E2 on UltraScale+, beside DP16KD on ECP5
         ff += (1 if family == "ecp5" else -1) * P.n_a * P.p * H * SB

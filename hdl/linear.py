@@ -595,16 +595,30 @@ class LinearKernel(wiring.Component):
                 m.d.sync += [s1_addr.eq(Cat(r2_tok, r2_tile)), s1_gate.eq(r2_gate)]
                 for c in range(TO):
                     m.d.sync += s1_val[c].eq(r2_val[c])
+            # stage 2: the gate x value products registered beside their DSP blocks, while the
+            # accumulator word is read at stage 1's address (DSP -> carry chain -> block RAM in one
+            # cycle, with the gate register placed far from the DSPs, was among the ECP5's longest
+            # paths: 22.4 ns). A stage-1 item reading the word that stage 2 writes in the same cycle
+            # gets the written value (the read port is transparent for the write port).
+            s2_valid = Signal()
+            s2_addr = Signal(TB + TKB, reset_less=True)
+            s2_prod = [Signal((s1_gate * s1_val[c]).shape(), name=f"s2_prod{c}", reset_less=True)
+                       for c in range(TO)]
+            m.d.sync += s2_valid.eq(s1_valid)
+            with m.If(s1_valid):
+                m.d.sync += s2_addr.eq(s1_addr)
+                for c in range(TO):
+                    m.d.sync += s2_prod[c].eq(s1_gate * s1_val[c])
             wdata = Signal(data.ArrayLayout(signed(AB), TO))
 
             # flush control
             f_adv = ~f1_valid | rq_en
-            pipe_idle = ~(b_valid | p_valid | c_valid | h_valid | r0_valid | r1_valid | r3_valid | r4_valid | r2_valid | s1_valid)
+            pipe_idle = ~(b_valid | p_valid | c_valid | h_valid | r0_valid | r1_valid | r3_valid | r4_valid | r2_valid | s1_valid | s2_valid)
             f_issue = f_run & f_adv & ~f_issued_all
             with m.If(f_run):
                 m.d.comb += [arp.addr.eq(Cat(f_tok[:TKB], f_tile[:TB])), arp.en.eq(f_adv)]
             with m.Else():
-                m.d.comb += [arp.addr.eq(Cat(r2_tok, r2_tile)), arp.en.eq(1)]
+                m.d.comb += [arp.addr.eq(s1_addr), arp.en.eq(1)]
             with m.If(flushing):
                 for c in range(TO):
                     m.d.comb += rq_in_acc[c].eq(a_rd[c])
@@ -615,10 +629,10 @@ class LinearKernel(wiring.Component):
                 with m.If(clear_addr == depth - 1):
                     m.d.sync += clearing.eq(0)
                 m.d.comb += [awp.addr.eq(clear_addr), awp.en.eq(1)]      # wdata stays 0
-            with m.Elif(s1_valid):
-                m.d.comb += [awp.addr.eq(s1_addr), awp.en.eq(1)]
+            with m.Elif(s2_valid):
+                m.d.comb += [awp.addr.eq(s2_addr), awp.en.eq(1)]
                 for c in range(TO):
-                    m.d.comb += wdata[c].eq(a_rd[c] + s1_gate * s1_val[c])
+                    m.d.comb += wdata[c].eq(a_rd[c] + s2_prod[c])
             with m.Elif(f_run & f1_valid & rq_en):    # clear each entry as it leaves
                 m.d.comb += [awp.addr.eq(Cat(f1_tok, f1_tile)), awp.en.eq(1)]
             m.d.comb += awp.data.eq(wdata.as_value())

@@ -99,7 +99,7 @@ def schedule_cycles(items, params: LinearParams) -> int:
         bank_free[b] = c + 1
         last_lane = (n - 1) % NL
         end = c + last_lane + 4 + R
-        idle_at = max(c + NL + 1, c + last_lane + 5 + R)   # hold drained, last beat scattered
+        idle_at = max(c + NL + 1, c + last_lane + 6 + R)   # hold drained, last beat scattered (2 stages)
     return end
 
 
@@ -197,7 +197,8 @@ def register_bits(p: LinearParams) -> int:
     bits += 1 + meta + TO * 16                             # requant stage 2
     bits += TO * 8                                         # GELU read registers
     if p.expert:
-        bits += 1 + TB + TKB + 16 + TO * 16                # scatter stage
+        bits += 1 + TB + TKB + 16 + TO * 16                # scatter stage 1
+        bits += 1 + TB + TKB + TO * 33                     # scatter stage 2 (gate x value products)
         bits += 3 + (TKB + 1) + (TB + 1) + TKB + TB + 2    # flush reader
     else:   # without the scatter unit the gate weights and the flush fields are dead logic
         bits -= 3 * NL * 16 + 2 * 16 + 2 * (TKB + TB + 2)

@@ -25,14 +25,15 @@ def make_op(heads, dh, s_q=0.05, s_k=0.05, s_v=0.03, s_o=0.025):
     return IntAttention(heads, em, es, om, 24 + ok)
 
 
-def amaranth_run(params, job, stalls=False, seed=0, beats=None, max_cycles=None):
-    """Drive a job through the Amaranth simulator; returns (output beats, cycles, error flag)."""
+def amaranth_run(params, job, stalls=False, seed=0, beats=None, max_cycles=None, out_blocked=0):
+    """Drive a job through the Amaranth simulator; returns (output beats, cycles, error flag).
+    ``out_blocked``: the output's ready stays low for that many cycles first."""
     dut = AttentionKernel(params)
     beats = beats or job["beats"]
     rng = random.Random(seed)
     out = {"beats": [], "last": -1, "error": 0}
     n_exp = Scoreboard(job).n_expected()
-    limit = max_cycles or (job["predicted"] * 6 + 500)
+    limit = max_cycles or (job["predicted"] * 6 + 500 + out_blocked)
 
     async def tb(ctx):
         ports = {n: getattr(dut, f"{n}_i") for n in INPUTS}
@@ -46,7 +47,7 @@ def amaranth_run(params, job, stalls=False, seed=0, beats=None, max_cycles=None)
                 if off:
                     ctx.set(port.payload.as_value(), beats[n][idx[n]])
                 offered[n] = off
-            rdy = (not stalls) or rng.random() < 0.7
+            rdy = cyc >= out_blocked and ((not stalls) or rng.random() < 0.7)
             ctx.set(dut.o_o.ready, int(rdy))
             took = {n: offered[n] and ctx.get(ports[n].ready) for n in INPUTS}
             if rdy and ctx.get(dut.o_o.valid):
@@ -87,6 +88,25 @@ def test_random_two_groups_partial_pass_exact_cycles():
     q, k, v = (rng.integers(-128, 128, (7, 24)) for _ in range(3))   # 7 = 4 + 3: short last pass
     job, cycles = check(P1, op, q, k, v)
     assert cycles == job["predicted"] == attention_cycles(7, 3, 8, P1)
+
+
+@pytest.mark.parametrize("out_lanes", [None, 2])
+def test_a_long_blocked_output_loses_no_beat(out_lanes):
+    """The output pipeline runs without a stall into the output FIFO, and a beat is issued only
+    for a kept FIFO place: with the consumer blocked for a whole job (24 beats against 8 places)
+    every beat arrives once, in order, and the inputs are all taken."""
+    P = AttentionParams(p=2, t_a=4, heads=2, n_a=2, max_seq=12, head_dim=8, out_lanes=out_lanes)
+    rng = np.random.default_rng(21)
+    op = make_op(2, 8)
+    q, k, v = (rng.integers(-128, 128, (12, 16)) for _ in range(3))
+    job = attention_job(op, q, k, v, P, stalls=False)
+    assert Scoreboard(job).n_expected() == 24
+    beats, cycles, err, left = amaranth_run(P, job, out_blocked=2 * job["predicted"])
+    res = Scoreboard(job).check(beats)
+    assert res["errors"] == [] and err == 0 and all(x == 0 for x in left.values()), (res["errors"], left)
+    assert res["mismatches"] == 0, res["first_mismatch"]
+    assert np.array_equal(res["got"], op(q, k, v))
+    assert cycles > 2 * job["predicted"]
 
 
 def test_extremes_ties_and_stalls():
