@@ -445,21 +445,23 @@ class _PnrStage:
     before: Callable[[Path], None] | None = None   # run in the build folder before the stage starts
 
 
-def _pnr_stages(argv: list[str], route_timing: bool, name: str, tag: str = "") -> list[_PnrStage]:
-    """One nextpnr place-and-route command as the runs that do it: itself, or (``route_timing``)
-    a placement without timing weights written to ``{tag}{name}_placed.json`` and a routing run
-    with timing weights from it (ROUTE_TIMING_DRIVEN), which turns the file's timing setting on
-    first. ``tag``: a racer's file prefix."""
+def _pnr_stages(argv: list[str], route_timing: bool, name: str, tag: str = "", split: bool = False) -> list[_PnrStage]:
+    """One nextpnr place-and-route command as the runs that do it: itself, or (``route_timing`` or
+    ``split``) a placement written to ``{tag}{name}_placed.json`` and a routing run from it; with
+    ``route_timing`` that run routes with timing weights (ROUTE_TIMING_DRIVEN): it turns the file's
+    timing setting on first. ``tag``: a racer's file prefix."""
     log = _option(argv, "--log")
-    if not route_timing:
+    if not (route_timing or split):
         return [_PnrStage(argv, log)]
     placed = f"{tag}{name}_placed.json"
     place_log = f"{tag}{name}.place.tim"
     place = [*_without(argv, {"--report": 1, "--detailed-timing-report": 0, "--write": 1, "--textcfg": 1,
                               "--asc": 1, "--log": 1}),
              "--no-route", "--write", placed, "--log", place_log]
-    route = [*_without(argv, {"--json": 1, NO_TIMING_DRIVEN: 0}), "--no-place", "--json", placed]
-    return [_PnrStage(place, place_log), _PnrStage(route, log, lambda cwd: _placed_netlist_for_routing(cwd / placed))]
+    route = [*_without(argv, {"--json": 1, **({NO_TIMING_DRIVEN: 0} if route_timing else {})}), "--no-place",
+             "--json", placed]
+    return [_PnrStage(place, place_log),
+            _PnrStage(route, log, (lambda cwd: _placed_netlist_for_routing(cwd / placed)) if route_timing else None)]
 
 
 def _place_and_route(argv: list[str], route_timing: bool, name: str, cwd: Path, env: dict, log: Path, say,
@@ -475,6 +477,68 @@ def _place_and_route(argv: list[str], route_timing: bool, name: str, cwd: Path, 
             stage.before(cwd)
         _run_tool("place_and_route", stage.argv, cwd, env, log if k == len(stages) - 1 else log.with_suffix(f".{k}.log"),
                   say, heartbeat_s, cwd / stage.log, router_patience)
+
+
+def _place_race(argv: list[str], seeds: tuple[int | None, ...], route_timing: bool, name: str, cwd: Path,
+                env: dict, say, heartbeat_s: float, step_log: Path, router_patience: int = 0) -> dict:
+    """Place with every seed at once (one nextpnr placement run each, _pnr_stages), then route
+    only the placement with the shortest wirelength: on the digits-moe netlists the placements
+    that routed, and routed soonest, were the short ones (docs/benchmarks.md), and a placement
+    takes about a third of the time of place and route. A seed whose placement fails drops out;
+    when all fail, the failure is raised (its log under the usual name). Returns
+    {"wirelength_by_seed", "routed_seed", "rule": "shortest placement"}."""
+    base = _without(argv, {"--seed": 1})
+    runs: dict[str, tuple[list[_PnrStage], subprocess.Popen]] = {}
+    t0 = last = time.monotonic()
+    failed: dict[str, int] = {}
+    try:
+        step_log.write_text("")
+        for sd in map(_seed_label, seeds):
+            stages = _pnr_stages([*base, *([] if sd == "default" else ["--seed", sd])], route_timing, name,
+                                 tag=f"{sd}.", split=True)
+            runs[sd] = (stages, _start(stages[0].argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.STDOUT))
+            with open(step_log, "a") as f:
+                f.write(f"seed {sd}: {' '.join(stages[0].argv)}\n")
+        while any(p.poll() is None for _, p in runs.values()):
+            time.sleep(0.2)
+            now = time.monotonic()
+            if now - last >= heartbeat_s:
+                last = now
+                say(f"  place_and_route: {now - t0:.0f} s placing with seeds " + "; ".join(
+                    f"{sd}: {_race_progress(cwd / stages[0].log)}" for sd, (stages, _) in runs.items()))
+    finally:
+        for _, p in runs.values():
+            _reap(p)
+    wirelength = {}
+    for sd, (stages, p) in runs.items():
+        if p.returncode:
+            failed[sd] = p.returncode
+            continue
+        found = _WIRELEN.findall((cwd / stages[0].log).read_text(errors="replace"))
+        if found:
+            wirelength[sd] = int(found[-1])
+    if not wirelength:
+        sd, code = next(iter(failed.items())) if failed else (next(iter(runs)), 1)
+        with open(step_log, "a") as f:
+            f.write(f"every placement failed: {failed}\n")
+        log, usual = cwd / runs[sd][0][0].log, _option(argv, "--log")
+        if log.exists() and usual:
+            log.replace(cwd / usual)                # the build's error names the usual log
+        raise subprocess.CalledProcessError(code, runs[sd][0][0].argv)
+    chosen = min(wirelength, key=wirelength.get)
+    with open(step_log, "a") as f:
+        f.write(f"placement wirelength by seed {wirelength}; failed {failed}; routing seed {chosen}\n")
+    say(f"  place_and_route: placed in {time.monotonic() - t0:.0f} s, wirelength by seed {wirelength}; routing "
+        f"seed {chosen}'s" + (" with timing weights" if route_timing else ""))
+    route = runs[chosen][0][1]
+    if route.before is not None:
+        route.before(cwd)
+    with open(step_log, "a") as f:
+        f.write(f"seed {chosen}: {' '.join(route.argv)}\n")
+    _run_tool("place_and_route", route.argv, cwd, env, step_log.with_suffix(".route.log"), say, heartbeat_s,
+              cwd / route.log, router_patience)
+    return {"wirelength_by_seed": wirelength, "routed_seed": chosen, "rule": "shortest placement"}
 
 
 def _seed_label(seed: int | None) -> str:
@@ -633,7 +697,8 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
               dsp: bool = True, heartbeat_s: float = 20.0, dsp_budget: int | None = None,
               timing_driven: bool = False, seed: int | None = None, timing_paths: bool = False,
               race_seeds: tuple[int | None, ...] = (), dsp_registers: str = DEFAULT_DSP_REGISTERS,
-              router_patience: int = DEFAULT_PATIENCE, route_timing: bool | None = None) -> BuildResult:
+              router_patience: int = DEFAULT_PATIENCE, route_timing: bool | None = None,
+              place_seeds: tuple[int | None, ...] = ()) -> BuildResult:
     """Steps elaborate .. report (without the model's predictions) for an elaboratable ``top``
     on ``board``; the plan, logs and bitstream go to ``build_dir``. ``dsp=False``: multipliers in
     LUTs (Yosys ``-nodsp`` on ECP5; iCE40 then synthesizes without ``-dsp``). With DSPs, products
@@ -651,7 +716,9 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     router2 iterations without a new low of overused wires (that low 50 or more) after which the
     place-and-route step stops with RoutingStalled (accel.router_watch; 0: never). ``route_timing``:
     place without timing weights, then route with them, in two nextpnr runs (ROUTE_TIMING_DRIVEN;
-    None: the family's default there, off with ``timing_driven``)."""
+    None: the family's default there, off with ``timing_driven``). ``place_seeds``: place with each
+    of these seeds at once and route only the shortest placement (_place_race; not with ``seed``
+    or ``race_seeds``)."""
     check_mode(dsp_registers)
     check_patience(router_patience)
     if route_timing is not None and not isinstance(route_timing, bool):
@@ -659,13 +726,18 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     if route_timing and timing_driven:
         raise AccelError("route_timing=True and timing_driven=True: timing-driven placement already routes with "
                          "timing weights in one run; pass one or the other")
-    race_seeds = tuple(race_seeds)
-    for sd in race_seeds:
-        if sd is not None and (isinstance(sd, bool) or not isinstance(sd, int) or not 0 <= sd < 2 ** 31):
-            raise AccelError(f"race_seeds={race_seeds!r}: each seed must be an integer in [0, 2**31) or None "
-                             "(nextpnr's default seed)")
-    if len(race_seeds) == 1 or len(set(race_seeds)) != len(race_seeds):
-        raise AccelError(f"race_seeds={race_seeds!r}: race two or more different seeds (or pass one as seed)")
+    race_seeds, place_seeds = tuple(race_seeds), tuple(place_seeds)
+    for what, seeds in (("race_seeds", race_seeds), ("place_seeds", place_seeds)):
+        for sd in seeds:
+            if sd is not None and (isinstance(sd, bool) or not isinstance(sd, int) or not 0 <= sd < 2 ** 31):
+                raise AccelError(f"{what}={seeds!r}: each seed must be an integer in [0, 2**31) or None "
+                                 "(nextpnr's default seed)")
+        if len(seeds) == 1 or len(set(seeds)) != len(seeds):
+            raise AccelError(f"{what}={seeds!r}: race two or more different seeds (or pass one as seed)")
+    if place_seeds and (race_seeds or seed is not None):
+        raise AccelError(f"place_seeds={place_seeds!r} with "
+                         + (f"race_seeds={race_seeds!r}" if race_seeds else f"seed={seed!r}")
+                         + ": pass one of them")
     if race_seeds and seed is not None:
         raise AccelError(f"seed={seed!r} and race_seeds={race_seeds!r}: pass one or the other")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 31):
@@ -745,7 +817,11 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
         watch = build_dir / f"{name}.tim" if step == "place_and_route" else (build_dir / f"{name}.rpt")
         try:
             run_argv = [exe, *argv[1:]]
-            if step == "place_and_route" and race_seeds:
+            if step == "place_and_route" and place_seeds:
+                race = _place_race(run_argv, place_seeds, route_timing, name, build_dir, env, say, heartbeat_s, log,
+                                   router_patience)
+                watch = build_dir / f"{name}.tim"
+            elif step == "place_and_route" and race_seeds:
                 race = _race(run_argv, race_seeds, name, build_dir, env, say, heartbeat_s, log, router_patience,
                              route_timing)
             elif step == "place_and_route":
@@ -905,7 +981,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
                 clock_mhz: float | None = None, timing_driven: bool = False, seed: int | None = None,
                 timing_paths: bool = False, race_seeds: tuple[int | None, ...] = (),
                 dsp_registers: str = DEFAULT_DSP_REGISTERS, router_patience: int = DEFAULT_PATIENCE,
-                route_timing: bool | None = None,
+                route_timing: bool | None = None, place_seeds: tuple[int | None, ...] = (),
                 progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
     """The whole flow for a model: the design (``params`` file or the search), the compiled memory
     image with evaluation image ``image``'s patches in place, the board top, the bitstream, and
@@ -965,7 +1041,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     res = build_top(top, board, out / "gateware", progress=say, dsp=dsp, dsp_budget=dsp_budget,
                     heartbeat_s=heartbeat_s, timing_driven=timing_driven, seed=seed, timing_paths=timing_paths,
                     race_seeds=race_seeds, dsp_registers=dsp_registers, router_patience=router_patience,
-                    route_timing=route_timing)
+                    route_timing=route_timing, place_seeds=place_seeds)
 
     achieved = _sync_fmax(res.fmax)
     fmax_sync = achieved[1]["achieved_mhz"] if achieved else None

@@ -24,6 +24,8 @@ DEFAULT_BOARD = "ulx3s-85f"
 # seed 1 against 797 s alone); a build whose first placement stalls in routing is what it is for
 # (a stalled racer is dropped). --race-seeds default,1 asks.
 DEFAULT_RACE_SEEDS: tuple[int | None, ...] = ()
+# The placement race of `accel run` (--place-seeds: placements at once, the shortest routed)
+DEFAULT_PLACE_SEEDS: tuple[int | None, ...] = ()
 
 
 def _seed_list(text: str) -> tuple[int | None, ...]:
@@ -290,7 +292,7 @@ def cmd_run(args) -> dict:
                     stalls=not args.no_stalls, skip=skip, stop_after=args.stop_after, parallel=not args.serial,
                     nextpnr_seed=args.seed, race_seeds=args.race_seeds, timing_paths=args.timing_paths,
                     dsp_registers=args.dsp_registers, router_patience=args.router_patience,
-                    route_timing=False if args.no_route_timing else None)
+                    route_timing=False if args.no_route_timing else None, place_seeds=args.place_seeds)
     rep = run(cfg, progress=_progress(True))
     if not args.json:
         out = Path(rep["report_dir"])
@@ -376,7 +378,7 @@ def cmd_build(args) -> dict:
                       seed=args.seed, timing_paths=args.timing_paths,
                       race_seeds=args.race_seeds, dsp_registers=args.dsp_registers,
                       router_patience=args.router_patience, route_timing=False if args.no_route_timing else None,
-                      progress=_progress(True))
+                      place_seeds=args.place_seeds, progress=_progress(True))
     if not args.json:
         p = res["predicted"]
         print(f"{res['model']} on {res['board']} ({res['part']}): {res['bitstream']}")
@@ -519,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--router-patience", type=int, default=DEFAULT_PATIENCE, metavar="N",
                    help="stop place and route when router2 goes N iterations without a new low of overused wires "
                         "(a low of 50 or more): no logged build that stalled so routed (0: never; default: %(default)s)")
+    p.add_argument("--place-seeds", type=_seed_list, default=(), metavar="S,S,...",
+                   help="place with each seed at once, then route only the shortest placement, e.g. default,1 "
+                        "(not with --seed or --race-seeds; default: none, one run)")
     p.add_argument("--no-route-timing", action="store_true",
                    help="ECP5: route without timing weights in the place-and-route run itself (by default the design "
                         "is placed without them, then routed with them in a second nextpnr run: 41.6 -> 44.2 MHz on "
@@ -544,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the build's router stall limit (accel build --router-patience; default: %(default)s)")
     p.add_argument("--no-route-timing", action="store_true",
                    help="the build routes without timing weights (accel build --no-route-timing)")
+    p.add_argument("--place-seeds", type=_seed_list, default=DEFAULT_PLACE_SEEDS, metavar="S,S,...",
+                   help="the build places with each seed and routes the shortest placement (accel build "
+                        "--place-seeds; 'none': one run; default: %(default)s)")
     p.add_argument("--stop-after", default="report", choices=("evaluate", "search", "generate", "simulate", "build",
                                                                "report"), help="end the run after this step")
     return ap

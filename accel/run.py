@@ -60,6 +60,7 @@ class RunConfig:
     dsp_registers: str = DEFAULT_DSP_REGISTERS   # ECP5: flip-flops moved into the DSP blocks (accel.dsp_registers)
     router_patience: int = DEFAULT_PATIENCE      # router2 iterations without progress before the build stops (0: never)
     route_timing: bool | None = None     # place without, route with timing weights (None: the family's default)
+    place_seeds: tuple[int | None, ...] = ()   # placed at once, the shortest placement routed (accel build --place-seeds)
 
     def __post_init__(self):
         if not isinstance(self.images, int) or self.images < 1:
@@ -185,7 +186,8 @@ def step_build(state: RunState, say) -> dict:
     return build_model(c.board, c.model, c.out / "bitstream", params=c.out / "design.json", seed=c.nextpnr_seed,
                        race_seeds=c.race_seeds,
                        timing_paths=c.timing_paths, dsp_registers=c.dsp_registers,
-                       router_patience=c.router_patience, route_timing=c.route_timing, progress=say)
+                       router_patience=c.router_patience, route_timing=c.route_timing,
+                       place_seeds=c.place_seeds, progress=say)
 
 
 def step_report(state: RunState, say) -> dict:

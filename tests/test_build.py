@@ -505,6 +505,38 @@ def test_place_then_route_with_timing_weights_alone_and_in_a_race(tmp_path):
     assert "overused=0" in (tmp_path / "top.tim").read_text()       # the winner's routing log, usual name
 
 
+def test_a_placement_race_routes_the_shortest_placement(tmp_path):
+    from accel.build import _place_race
+    (tmp_path / "fake_nextpnr.py").write_text(FAKE_TWO_STAGE_NEXTPNR)
+    argv = [sys.executable, "fake_nextpnr.py", *_ONE_RUN]
+    said = []
+    out = _place_race(argv, (None, 3, 9), True, "top", tmp_path, dict(os.environ), said.append, 0.1,
+                      tmp_path / "top.place_and_route.log", router_patience=10)
+    assert out == {"wirelength_by_seed": {"default": 300, "3": 100, "9": 300}, "routed_seed": "3",
+                   "rule": "shortest placement"}
+    assert (tmp_path / "nextpnr_report.json").read_text() == "3"          # routed with the placement's seed
+    assert "--seed 3" in (tmp_path / "top.place_and_route.log").read_text().splitlines()[-1]
+    assert any("routing seed 3's with timing weights" in s for s in said)
+    (tmp_path / "fake_nextpnr.py").write_text(FAKE_TWO_STAGE_NEXTPNR.replace('if "--no-route" in args:',
+                                                                             'if "--no-route" in args:\n    sys.exit(5)'))
+    import subprocess
+    with pytest.raises(subprocess.CalledProcessError):
+        _place_race(argv, (None, 3), True, "top", tmp_path, dict(os.environ), said.append, 0.1,
+                    tmp_path / "top.place_and_route.log")
+    assert "every placement failed" in (tmp_path / "top.place_and_route.log").read_text()
+
+
+def test_place_seeds_are_checked_and_exclude_seed_and_race_seeds(tmp_path):
+    from accel.build import build_top
+    for kw, msg in (({"place_seeds": (1,)}, r"place_seeds=\(1,\): race two or more different seeds"),
+                    ({"place_seeds": (1, 2), "seed": 3}, r"place_seeds=\(1, 2\) with seed=3: pass one of them"),
+                    ({"place_seeds": (1, 2), "race_seeds": (3, 4)},
+                     r"place_seeds=\(1, 2\) with race_seeds=\(3, 4\): pass one of them"),
+                    ({"place_seeds": (-1, 2)}, r"place_seeds=\(-1, 2\): each seed must be an integer")):
+        with pytest.raises(AccelError, match=msg):
+            build_top(None, "ulx3s-85f", tmp_path, **kw)
+
+
 def test_route_timing_and_timing_driven_placement_exclude_each_other(tmp_path):
     from accel.build import build_top
     with pytest.raises(AccelError, match=r"route_timing=True and timing_driven=True: .*pass one or the other"):
