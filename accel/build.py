@@ -422,6 +422,21 @@ def _option(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
 
 
+# nextpnr's summary of a clock after placement: "Max frequency for clock 'NET': F MHz (FAIL at C MHz)"
+_CLOCK_CONSTRAINT = re.compile(r"Max frequency for clock '([^']+)': [\d.]+ MHz \((?:PASS|FAIL) at ([\d.]+) MHz\)")
+
+
+def _route_constraints(place_log: Path, lpf: Path, out: Path) -> None:
+    """Write ``out``: the constraints ``lpf`` plus a ``FREQUENCY NET`` line for every clock the
+    placement run constrained. nextpnr derives the PLL's output clock from the input clock's
+    constraint when it packs the design, and a run that loads a placed netlist does not pack: it
+    would analyse (and route) against its 12 MHz default."""
+    text = place_log.read_text(errors="replace") if place_log.exists() else ""
+    clocks = dict(_CLOCK_CONSTRAINT.findall(text))
+    out.write_text(lpf.read_text().rstrip("\n") + "\n"
+                   + "".join(f'FREQUENCY NET "{net}" {mhz} MHz;\n' for net, mhz in clocks.items()))
+
+
 def _placed_netlist_for_routing(placed: Path) -> None:
     """Turn on the ``timing_driven`` setting of nextpnr's placed netlist ``placed`` (rewritten in place)."""
     try:
@@ -455,13 +470,29 @@ def _pnr_stages(argv: list[str], route_timing: bool, name: str, tag: str = "", s
         return [_PnrStage(argv, log)]
     placed = f"{tag}{name}_placed.json"
     place_log = f"{tag}{name}.place.tim"
+    lpf, route_lpf = _option(argv, "--lpf"), f"{tag}{name}_route.lpf"
     place = [*_without(argv, {"--report": 1, "--detailed-timing-report": 0, "--write": 1, "--textcfg": 1,
                               "--asc": 1, "--log": 1}),
              "--no-route", "--write", placed, "--log", place_log]
-    route = [*_without(argv, {"--json": 1, **({NO_TIMING_DRIVEN: 0} if route_timing else {})}), "--no-place",
-             "--json", placed]
-    return [_PnrStage(place, place_log),
-            _PnrStage(route, log, (lambda cwd: _placed_netlist_for_routing(cwd / placed)) if route_timing else None)]
+    route = [*_without(argv, {"--json": 1, "--lpf": 1, **({NO_TIMING_DRIVEN: 0} if route_timing else {})}),
+             "--no-place", "--json", placed, *(["--lpf", route_lpf] if lpf else [])]
+
+    def before_routing(cwd: Path) -> None:
+        if lpf:
+            _route_constraints(cwd / place_log, cwd / lpf, cwd / route_lpf)
+        if route_timing:
+            _placed_netlist_for_routing(cwd / placed)
+    return [_PnrStage(place, place_log), _PnrStage(route, log, before_routing)]
+
+
+def _keep_placement(cwd: Path, name: str, winner: str, others) -> None:
+    """After a race: the winning seed's placement files (_pnr_stages) take the usual names, and the
+    other seeds' placed netlists (about 100 MB each on digits-moe) are deleted; their logs stay."""
+    for base in (f"{name}_placed.json", f"{name}.place.tim", f"{name}_route.lpf"):
+        if (cwd / f"{winner}.{base}").exists():
+            (cwd / f"{winner}.{base}").replace(cwd / base)
+    for sd in others:
+        (cwd / f"{sd}.{name}_placed.json").unlink(missing_ok=True)
 
 
 def _place_and_route(argv: list[str], route_timing: bool, name: str, cwd: Path, env: dict, log: Path, say,
@@ -538,6 +569,7 @@ def _place_race(argv: list[str], seeds: tuple[int | None, ...], route_timing: bo
         f.write(f"seed {chosen}: {' '.join(route.argv)}\n")
     _run_tool("place_and_route", route.argv, cwd, env, step_log.with_suffix(".route.log"), say, heartbeat_s,
               cwd / route.log, router_patience)
+    _keep_placement(cwd, name, chosen, [sd for sd in runs if sd != chosen])
     return {"wirelength_by_seed": wirelength, "routed_seed": chosen, "rule": "shortest placement"}
 
 
@@ -657,6 +689,7 @@ def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, 
     for opt, value in racers[winner]["own"].items():
         target = outputs.get(opt) or f"{name}.tim"
         (cwd / value).replace(cwd / target)
+    _keep_placement(cwd, name, winner, [sd for sd in racers if sd != winner])
     with open(step_log, "a") as f:
         f.write(f"seed {winner} finished first; placement wirelength by seed {wirelength}\n")
     say(f"  place_and_route: seed {winner} routed first ({time.monotonic() - t0:.0f} s); placement wirelength "
@@ -780,7 +813,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     if build_dir.exists():
         for stale in ("nextpnr_report.json", f"{name}.bit", f"{name}.bin", f"{name}.json", f"{name}.config",
                       f"{name}.asc", f"{name}_routed.json", f"{name}.synth.json", f"{name}.tim",
-                      f"{name}_placed.json", f"{name}.place.tim",
+                      f"{name}_placed.json", f"{name}.place.tim", f"{name}_route.lpf",
                       MULTIPLIER_SCRIPT, f"{MULTIPLIER_PROBE}.il"):   # {name}.tim: nextpnr's log, watched for stalls
             (build_dir / stale).unlink(missing_ok=True)
         for racer in build_dir.glob("*.*"):             # a seed race's files ("default.top.tim", "2.top.tim", ...)

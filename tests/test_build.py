@@ -467,9 +467,22 @@ def test_routing_with_timing_weights_splits_the_run_in_two():
     assert place.log == "3.top.place.tim" and place.before is None
     assert route.argv == ["nextpnr-ecp5", "--report", "nextpnr_report.json", "--timing-allow-fail", "--placer",
                           "static", "--router", "router2", "--detailed-timing-report", "--write", "top_routed.json",
-                          "--log", "top.tim", "--85k", "--lpf", "top.lpf", "--textcfg", "top.config",
-                          "--no-place", "--json", "3.top_placed.json"]
+                          "--log", "top.tim", "--85k", "--textcfg", "top.config",
+                          "--no-place", "--json", "3.top_placed.json", "--lpf", "3.top_route.lpf"]
     assert route.log == "top.tim" and route.before is not None
+
+
+def test_the_routing_run_keeps_the_clocks_the_placement_derived(tmp_path):
+    """A run that loads a placed netlist does not derive the PLL's output clock (nextpnr then
+    analyses against 12 MHz): the placement log's clock constraints go into the routing LPF."""
+    from accel.build import _route_constraints
+    (tmp_path / "top.lpf").write_text('LOCATE COMP "clk25_0__io" SITE "G2";\nFREQUENCY PORT "clk25_0__io" 25000000.0 HZ;\n')
+    (tmp_path / "p.tim").write_text("Info: Max frequency for clock '$glbnet$clk': 42.57 MHz (FAIL at 50.00 MHz)\n"
+                                    "Info: Max frequency for clock 'clk25_0__io': 300.00 MHz (PASS at 25.00 MHz)\n")
+    _route_constraints(tmp_path / "p.tim", tmp_path / "top.lpf", tmp_path / "r.lpf")
+    assert (tmp_path / "r.lpf").read_text().splitlines() == [
+        'LOCATE COMP "clk25_0__io" SITE "G2";', 'FREQUENCY PORT "clk25_0__io" 25000000.0 HZ;',
+        'FREQUENCY NET "$glbnet$clk" 50.00 MHz;', 'FREQUENCY NET "clk25_0__io" 25.00 MHz;']
 
 
 def test_the_placed_netlist_gets_timing_driven_on_and_a_wrong_file_is_named(tmp_path):
@@ -489,6 +502,7 @@ def test_the_placed_netlist_gets_timing_driven_on_and_a_wrong_file_is_named(tmp_
 def test_place_then_route_with_timing_weights_alone_and_in_a_race(tmp_path):
     from accel.build import _place_and_route, _race
     (tmp_path / "fake_nextpnr.py").write_text(FAKE_TWO_STAGE_NEXTPNR)
+    (tmp_path / "top.lpf").write_text("")
     argv = [sys.executable, "fake_nextpnr.py", *_ONE_RUN]
     said = []
     logs = list(_place_and_route(argv, True, "top", tmp_path, dict(os.environ), tmp_path / "top.place_and_route.log",
@@ -508,6 +522,7 @@ def test_place_then_route_with_timing_weights_alone_and_in_a_race(tmp_path):
 def test_a_placement_race_routes_the_shortest_placement(tmp_path):
     from accel.build import _place_race
     (tmp_path / "fake_nextpnr.py").write_text(FAKE_TWO_STAGE_NEXTPNR)
+    (tmp_path / "top.lpf").write_text("")
     argv = [sys.executable, "fake_nextpnr.py", *_ONE_RUN]
     said = []
     out = _place_race(argv, (None, 3, 9), True, "top", tmp_path, dict(os.environ), said.append, 0.1,
