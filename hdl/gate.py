@@ -96,8 +96,8 @@ class GateParams:
 
 
 def front_cycles(n_experts: int) -> int:
-    """Cycles from taking a token to the hand-off: take, n issues, four pipeline stages."""
-    return n_experts + 5
+    """Cycles from taking a token to the hand-off: take, n issues, three pipeline stages."""
+    return n_experts + 4
 
 
 def back_cycles(top_k: int, renormalize: bool) -> int:
@@ -177,7 +177,7 @@ class GateUnit(wiring.Component):
         es_zero = Signal()
         renorm = Signal()
         lane_on = Signal(E)                 # i < n_experts, per logit, set with the configuration
-        scan_end = Signal(range(E + 4))          # n_experts + 3 (the scan's last cycle), likewise
+        scan_end = Signal(E.bit_length() + 1)   # n_experts + 2 (the scan's last cycle), likewise
         idle = Signal()
         m.d.comb += self.c_i.ready.eq(idle)
         with m.If(self.c_i.valid & self.c_i.ready):
@@ -185,13 +185,13 @@ class GateUnit(wiring.Component):
             m.d.sync += [n_exp.eq(c.n_experts), top_k.eq(c.top_k), exp_mult.eq(c.exp_mult),
                          renorm.eq(c.renormalize),
                          es_m1.eq(c.exp_shift - 1), es_zero.eq(c.exp_shift == 0),
-                         lane_on.eq(Cat(*[i < c.n_experts for i in range(E)])), scan_end.eq(c.n_experts + 3)]
+                         lane_on.eq(Cat(*[i < c.n_experts for i in range(E)])), scan_end.eq(c.n_experts + 2)]
 
         # ---------------------------------------------------------------- front end
         lg = Signal(data.ArrayLayout(signed(16), E))
         mx = Signal(signed(16))
         f_last = Signal()
-        cnt = Signal(range(E + 4))
+        cnt = Signal(range(E + 3))
         l_ready = Signal()
         f_done = Signal()
         b_free = Signal()
@@ -234,24 +234,15 @@ class GateUnit(wiring.Component):
                         start_token()
                         m.next = "SCAN"
 
-        # stage D: diff = max - l[i], registered (the logit read mux, the subtraction and the
-        # product in one cycle were a 22.7 ns ECP5 path across the part)
-        d_valid = Signal()
-        d_diff = Signal(16)
-        d_logit = Signal(signed(16))
-        d_idx = Signal(IB)
-        cur = lg[cnt[:max(1, (E - 1).bit_length())]]
-        m.d.sync += [d_valid.eq(ffsm.ongoing("SCAN") & (cnt < n_exp)),
-                     d_diff.eq((mx - cur)[:16]),    # max - l in [0, 2**16)
-                     d_logit.eq(cur), d_idx.eq(cnt)]
-
         # stage P: prod = (max - l[i]) * exp_mult
         p_valid = Signal()
         p_prod = Signal(16 + EXP_MULT_BITS)
         p_logit = Signal(signed(16))
         p_idx = Signal(IB)
-        m.d.sync += [p_valid.eq(d_valid), p_prod.eq(d_diff * exp_mult),
-                     p_logit.eq(d_logit), p_idx.eq(d_idx)]
+        cur = lg[cnt[:max(1, (E - 1).bit_length())]]
+        diff = (mx - cur)[:16]              # max - l in [0, 2**16)
+        m.d.sync += [p_valid.eq(ffsm.ongoing("SCAN") & (cnt < n_exp)), p_prod.eq(diff * exp_mult),
+                     p_logit.eq(cur), p_idx.eq(cnt)]
 
         # stage U: u = rshift_round(prod, exp_shift); table address, clamped integer part
         rom = Memory(shape=unsigned(16), depth=1 << EXP2_FRAC_BITS, init=[int(x) for x in EXP2_TABLE])

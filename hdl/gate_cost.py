@@ -3,7 +3,7 @@
 Cycles follow the unit's handshakes token by token (no backpressure, inputs always valid):
 
     take(0)   = 0
-    handoff(t) = max(take(t) + n_experts + 5, done(t-1))   front end done, back end free
+    handoff(t) = max(take(t) + n_experts + 4, done(t-1))   front end done, back end free
     take(t+1) = handoff(t)                                 the front end takes the next token
     done(t)   = handoff(t) + back_cycles(top_k, renormalize)
     output beat of token t on cycle done(t) + 1
@@ -64,5 +64,4 @@ def gate_resources(params: GateParams, family: str) -> dict:
     l0, le, lk, f0, dsp, bram = _FIT[family]
     E, K, IB = params.max_experts, params.max_k, params.index_bits
     ff = f0 + 16 * E + K * (81 + 3 * IB) + 8 * IB + 2 * K.bit_length() + (118 + E + E.bit_length() + IB)
-    ff += 33 + IB                   # stage D (valid, max - l, logit, index)
     return {"lut": int(round(l0 + le * E + lk * K)), "ff": ff, "dsp": dsp, "bram": bram}

@@ -494,38 +494,16 @@ class LinearKernel(wiring.Component):
             for c in range(TO):
                 m.d.sync += [r0_acc[c].eq(rq_in_acc[c]), r0_mult[c].eq(rq_in_mult[c]),
                              r0_shift[c].eq(rq_in_shift[c])]
-        # stage r5 (before r1): the product in two halves of the accumulator, each one DSP
-        # block, registered before their sum (the product and its sum in one cycle were a
-        # 22.4 ns ECP5 path: the DSP blocks of a full part are far from both ends)
-        r5_valid = Signal()
-        r5_meta = Signal(len(meta_in), reset_less=True)
-        r5_lo = [Signal(17 + 15, name=f"r5_lo{c}", reset_less=True) for c in range(TO)]
-        r5_hi = [Signal(signed(RW - 17 + 15), name=f"r5_hi{c}", reset_less=True) for c in range(TO)]
-        r5_big = [Signal(name=f"r5_big{c}") for c in range(TO)]
-        r5_pos = [Signal(name=f"r5_pos{c}") for c in range(TO)]
-        r5_neg = [Signal(name=f"r5_neg{c}") for c in range(TO)]
-        r5_shift = [Signal(6, name=f"r5_shift{c}", reset_less=True) for c in range(TO)]
         with m.If(rq_en):
-            m.d.sync += [r5_valid.eq(r0_valid), r5_meta.eq(r0_meta)]
+            m.d.sync += [r1_valid.eq(r0_valid), r1_meta.eq(r0_meta)]
             for c in range(TO):
                 a, mu, s = r0_acc[c], r0_mult[c], r0_shift[c]
                 m.d.sync += [
-                    r5_lo[c].eq(a[:17] * mu[:15]),
-                    r5_hi[c].eq(a[17:].as_signed() * mu[:15]),
-                    r5_big[c].eq(mu[15:] != 0),
-                    r5_pos[c].eq(a > 0),
-                    r5_neg[c].eq(a < 0),
-                    r5_shift[c].eq(Mux(s > SMAX, SMAX, s)),
-                ]
-        with m.If(rq_en):
-            m.d.sync += [r1_valid.eq(r5_valid), r1_meta.eq(r5_meta)]
-            for c in range(TO):
-                m.d.sync += [
-                    r1_prod[c].eq(r5_lo[c] + (r5_hi[c] << 17)),     # = acc * mult[14:0]
-                    r1_big[c].eq(r5_big[c]),
-                    r1_pos[c].eq(r5_pos[c]),
-                    r1_neg[c].eq(r5_neg[c]),
-                    r1_shift[c].eq(r5_shift[c]),
+                    r1_prod[c].eq(a * mu[:15]),
+                    r1_big[c].eq(mu[15:] != 0),
+                    r1_pos[c].eq(a > 0),
+                    r1_neg[c].eq(a < 0),
+                    r1_shift[c].eq(Mux(s > SMAX, SMAX, s)),
                 ]
 
         r2_valid = Signal()
@@ -635,7 +613,7 @@ class LinearKernel(wiring.Component):
 
             # flush control
             f_adv = ~f1_valid | rq_en
-            pipe_idle = ~(b_valid | p_valid | c_valid | h_valid | r0_valid | r5_valid | r1_valid | r3_valid | r4_valid | r2_valid | s1_valid | s2_valid)
+            pipe_idle = ~(b_valid | p_valid | c_valid | h_valid | r0_valid | r1_valid | r3_valid | r4_valid | r2_valid | s1_valid | s2_valid)
             f_issue = f_run & f_adv & ~f_issued_all
             with m.If(f_run):
                 m.d.comb += [arp.addr.eq(Cat(f_tok[:TKB], f_tile[:TB])), arp.en.eq(f_adv)]

@@ -46,9 +46,9 @@ def _check_shape(name, v, lo=0):
         raise CostModelError(f"linear cost model: {name}={v!r} must be an int >= {lo}")
 
 
-# requantizer stages after the hold register / flush reader: r0 (inputs), r5 (two half
-# products), r1 (their sum), r3 (shift), r4 (round, clamp), r2 (GELU read)
-RQ_STAGES = 6
+# requantizer stages after the hold register / flush reader: r0 (inputs), r1 (product), r3
+# (shift), r4 (round, clamp), r2 (GELU read)
+RQ_STAGES = 5
 # MAC stages from an accepted activation beat to the accumulators: B (weight read), P (products),
 # C (sums of T_in products)
 MAC_STAGES = 3
@@ -191,7 +191,6 @@ def register_bits(p: LinearParams) -> int:
     bits += 2 * NL * TO * SW + lane_meta + 5               # stage C partial sums + accumulators
     bits += 1 + TO * NL * RW + lane_meta + TO * 37 + 5 + TB + max(0, (NL - 1).bit_length())
     bits += 1 + meta + TO * (RW + 31 + 6)                  # requant stage 0 (inputs)
-    bits += 1 + meta + TO * (32 + RW - 2 + 9)             # requant stage 5 (half products)
     bits += 1 + TO * (PW + 9) + meta                       # requant stage 1
     bits += 1 + meta + TO * (PW + 4)                       # requant stage 3 (shifted, flags)
     bits += 1 + meta + TO * 16                             # requant stage 4 (clamped y)
