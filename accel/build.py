@@ -114,7 +114,8 @@ def _stall_error(stalls: dict[str, tuple[RouterStall, Path]], patience: int,
     return RoutingStalled(
         f"step place_and_route stopped after {patience} router2 iterations without a new low of overused wires: "
         f"{runs}. In this project's logged builds no run that stalled like this routed; the placement decides "
-        "it. Try another placement (--seed 1, or several at once with --race-seeds default,1,2), a smaller "
+        "it. Try another placement (--seed 1; --place-seeds 1,2 places with both and routes the shorter; "
+        "--race-seeds default,1,2 runs whole flows at once), a smaller "
         "design (--params with smaller tiles, or --dsp-budget N), or --router-patience 0 to let the run go on")
 
 
