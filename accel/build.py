@@ -87,9 +87,15 @@ NEXTPNR_TIMING_DRIVEN_OPTS = {"ecp5": "--placer heap --placer-heap-beta 0.6 --ro
 # placed netlist, the netlist's ``timing_driven`` setting is turned on (nextpnr takes it from the
 # file, not from the command line), and a second run routes it (``--no-place``). router2 then
 # gives the critical connections the faster wires. On the digits-moe run netlist, the same
-# placement: 41.6 MHz routed without timing weights (iteration 27), 44.24 MHz with them
-# (iteration 35) (docs/benchmarks.md). Families where builds do this unless asked not to:
+# placement: 41.6 MHz routed without timing weights (iteration 27), 43.93 MHz with them at the
+# 50 MHz constraint (iteration 37) (docs/benchmarks.md). Families where builds do this unless asked not to:
 ROUTE_TIMING_DRIVEN = {"ecp5": True}
+# Between the placement and the routing run the DSP blocks are re-seated next to the logic they
+# connect (accel.dsp_placement): on the digits-moe run netlist's placement (d2cb376, 368,642) the
+# routing run with timing weights went from 44.10 MHz to 53.91 (docs/benchmarks.md). Families
+# where builds do this unless asked not to:
+DSP_RESEAT = {"ecp5": True}
+DSP_SEATING_SUFFIX = "_dsp_seating.json"
 
 
 class BuildError(AccelError):
@@ -438,8 +444,11 @@ def _route_constraints(place_log: Path, lpf: Path, out: Path) -> None:
                    + "".join(f'FREQUENCY NET "{net}" {mhz} MHz;\n' for net, mhz in clocks.items()))
 
 
-def _placed_netlist_for_routing(placed: Path) -> None:
-    """Turn on the ``timing_driven`` setting of nextpnr's placed netlist ``placed`` (rewritten in place)."""
+def _placed_netlist_for_routing(placed: Path, route_timing: bool, reseat: bool) -> dict | None:
+    """Prepare nextpnr's placed netlist ``placed`` for the routing run (rewritten in place): with
+    ``route_timing`` turn its ``timing_driven`` setting on; with ``reseat`` re-seat its DSP blocks
+    (accel.dsp_placement). Returns the re-seating's figures (None without ``reseat``)."""
+    from accel.dsp_placement import DspPlacementError, reseat_dsps
     try:
         with open(placed) as f:
             netlist = json.load(f)
@@ -449,9 +458,17 @@ def _placed_netlist_for_routing(placed: Path) -> None:
     if len(tops) != 1:
         raise BuildError(f"step place_and_route: the placed netlist {placed} has {len(tops)} modules with nextpnr "
                          "settings, expected 1 (was it written by nextpnr --write after placement?)")
-    tops[0]["settings"]["timing_driven"] = format(1, "032b")
+    if route_timing:
+        tops[0]["settings"]["timing_driven"] = format(1, "032b")
+    seating = None
+    if reseat:
+        try:
+            seating = reseat_dsps(netlist).as_json()
+        except DspPlacementError as e:
+            raise BuildError(f"step place_and_route: re-seating the DSP blocks of {placed}: {e}") from None
     with open(placed, "w") as f:
         json.dump(netlist, f)
+    return seating
 
 
 @dataclass(frozen=True)
@@ -461,13 +478,16 @@ class _PnrStage:
     before: Callable[[Path], None] | None = None   # run in the build folder before the stage starts
 
 
-def _pnr_stages(argv: list[str], route_timing: bool, name: str, tag: str = "", split: bool = False) -> list[_PnrStage]:
-    """One nextpnr place-and-route command as the runs that do it: itself, or (``route_timing`` or
-    ``split``) a placement written to ``{tag}{name}_placed.json`` and a routing run from it; with
-    ``route_timing`` that run routes with timing weights (ROUTE_TIMING_DRIVEN): it turns the file's
-    timing setting on first. ``tag``: a racer's file prefix."""
+def _pnr_stages(argv: list[str], route_timing: bool, name: str, tag: str = "", split: bool = False,
+                reseat: bool = False) -> list[_PnrStage]:
+    """One nextpnr place-and-route command as the runs that do it: itself, or (``route_timing``,
+    ``reseat`` or ``split``) a placement written to ``{tag}{name}_placed.json`` and a routing run
+    from it; with ``route_timing`` that run routes with timing weights (ROUTE_TIMING_DRIVEN): it
+    turns the file's timing setting on first; with ``reseat`` the placement's DSP blocks are
+    re-seated before routing (DSP_RESEAT), their figures written to ``{tag}{name}_dsp_seating.json``.
+    ``tag``: a racer's file prefix."""
     log = _option(argv, "--log")
-    if not (route_timing or split):
+    if not (route_timing or split or reseat):
         return [_PnrStage(argv, log)]
     placed = f"{tag}{name}_placed.json"
     place_log = f"{tag}{name}.place.tim"
@@ -481,15 +501,17 @@ def _pnr_stages(argv: list[str], route_timing: bool, name: str, tag: str = "", s
     def before_routing(cwd: Path) -> None:
         if lpf:
             _route_constraints(cwd / place_log, cwd / lpf, cwd / route_lpf)
-        if route_timing:
-            _placed_netlist_for_routing(cwd / placed)
+        if route_timing or reseat:
+            seating = _placed_netlist_for_routing(cwd / placed, route_timing, reseat)
+            if seating is not None:
+                (cwd / f"{tag}{name}{DSP_SEATING_SUFFIX}").write_text(json.dumps(seating, indent=2))
     return [_PnrStage(place, place_log), _PnrStage(route, log, before_routing)]
 
 
 def _keep_placement(cwd: Path, name: str, winner: str, others) -> None:
     """After a race: the winning seed's placement files (_pnr_stages) take the usual names, and the
     other seeds' placed netlists (about 100 MB each on digits-moe) are deleted; their logs stay."""
-    for base in (f"{name}_placed.json", f"{name}.place.tim", f"{name}_route.lpf"):
+    for base in (f"{name}_placed.json", f"{name}.place.tim", f"{name}_route.lpf", f"{name}{DSP_SEATING_SUFFIX}"):
         if (cwd / f"{winner}.{base}").exists():
             (cwd / f"{winner}.{base}").replace(cwd / base)
     for sd in others:
@@ -497,22 +519,24 @@ def _keep_placement(cwd: Path, name: str, winner: str, others) -> None:
 
 
 def _place_and_route(argv: list[str], route_timing: bool, name: str, cwd: Path, env: dict, log: Path, say,
-                     heartbeat_s: float, router_patience: int):
+                     heartbeat_s: float, router_patience: int, reseat: bool = False):
     """Run one place-and-route command's stages (_pnr_stages) in turn; yields each stage's nextpnr
     log before the stage runs. ``log``: the last stage's output (earlier ones: ``log`` with
     the stage's number before the suffix)."""
-    stages = _pnr_stages(argv, route_timing, name)
+    stages = _pnr_stages(argv, route_timing, name, reseat=reseat)
     for k, stage in enumerate(stages):
         yield cwd / stage.log
         if stage.before is not None:
-            say("  place_and_route: placed; routing with timing weights from the placed netlist")
+            say("  place_and_route: placed; routing" + _routing_how(route_timing, reseat))
             stage.before(cwd)
+            _say_seating(cwd / f"{name}{DSP_SEATING_SUFFIX}", say)
         _run_tool("place_and_route", stage.argv, cwd, env, log if k == len(stages) - 1 else log.with_suffix(f".{k}.log"),
                   say, heartbeat_s, cwd / stage.log, router_patience)
 
 
 def _place_race(argv: list[str], seeds: tuple[int | None, ...], route_timing: bool, name: str, cwd: Path,
-                env: dict, say, heartbeat_s: float, step_log: Path, router_patience: int = 0) -> dict:
+                env: dict, say, heartbeat_s: float, step_log: Path, router_patience: int = 0,
+                reseat: bool = False) -> dict:
     """Place with every seed at once (one nextpnr placement run each, _pnr_stages), then route
     only the placement with the shortest wirelength: on the digits-moe netlists the placements
     that routed, and routed soonest, were the short ones (docs/benchmarks.md), and a placement
@@ -527,7 +551,7 @@ def _place_race(argv: list[str], seeds: tuple[int | None, ...], route_timing: bo
         step_log.write_text("")
         for sd in map(_seed_label, seeds):
             stages = _pnr_stages([*base, *([] if sd == "default" else ["--seed", sd])], route_timing, name,
-                                 tag=f"{sd}.", split=True)
+                                 tag=f"{sd}.", split=True, reseat=reseat)
             runs[sd] = (stages, _start(stages[0].argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.STDOUT))
             with open(step_log, "a") as f:
@@ -562,16 +586,35 @@ def _place_race(argv: list[str], seeds: tuple[int | None, ...], route_timing: bo
     with open(step_log, "a") as f:
         f.write(f"placement wirelength by seed {wirelength}; failed {failed}; routing seed {chosen}\n")
     say(f"  place_and_route: placed in {time.monotonic() - t0:.0f} s, wirelength by seed {wirelength}; routing "
-        f"seed {chosen}'s" + (" with timing weights" if route_timing else ""))
+        f"seed {chosen}'s" + _routing_how(route_timing, reseat))
     route = runs[chosen][0][1]
     if route.before is not None:
         route.before(cwd)
+        _say_seating(cwd / f"{chosen}.{name}{DSP_SEATING_SUFFIX}", say)
     with open(step_log, "a") as f:
         f.write(f"seed {chosen}: {' '.join(route.argv)}\n")
     _run_tool("place_and_route", route.argv, cwd, env, step_log.with_suffix(".route.log"), say, heartbeat_s,
               cwd / route.log, router_patience)
     _keep_placement(cwd, name, chosen, [sd for sd in runs if sd != chosen])
     return {"wirelength_by_seed": wirelength, "routed_seed": chosen, "rule": "shortest placement"}
+
+
+def _routing_how(route_timing: bool, reseat: bool) -> str:
+    """How a placement is routed, for the progress lines: " with timing weights, DSP blocks re-seated first"."""
+    return ", ".join(([" with timing weights"] if route_timing else [""]) + (["DSP blocks re-seated first"] if reseat
+                                                                            else []))
+
+
+def _say_seating(path: Path, say) -> None:
+    if path.exists():
+        s = json.loads(path.read_text())
+        say(f"  place_and_route: {s['moved']} of {s['movable']} DSP blocks re-seated; farthest connection "
+            f"{s['worst_tiles_before']} -> {s['worst_tiles_after']} tiles, mean {s['mean_tiles_before']:.1f} -> "
+            f"{s['mean_tiles_after']:.1f}")
+
+
+def _read_seating(path: Path, reseat: bool) -> dict:
+    return {"reseat": reseat, **(json.loads(path.read_text()) if reseat and path.exists() else {})}
 
 
 def _seed_label(seed: int | None) -> str:
@@ -589,7 +632,8 @@ def _race_progress(log: Path) -> str:
 
 
 def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, env: dict, say,
-          heartbeat_s: float, step_log: Path, router_patience: int = 0, route_timing: bool = False) -> dict:
+          heartbeat_s: float, step_log: Path, router_patience: int = 0, route_timing: bool = False,
+          reseat: bool = False) -> dict:
     """Place and route with every seed at once (one whole nextpnr run per seed, or with
     ``route_timing`` a placement run and then a routing run per seed (_pnr_stages), each with its
     own logs, report and outputs; None: nextpnr's own default seed); the first to finish wins: the
@@ -627,7 +671,8 @@ def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, 
             own.setdefault("--log", f"{name}.{sd}.tim")
             args = [*base, *(a for opt, value in own.items() for a in (opt, value)),
                     *([] if sd == "default" else ["--seed", sd])]
-            racers[sd] = {"stages": _pnr_stages(args, route_timing, name, tag=f"{sd}."), "k": 0, "own": own}
+            racers[sd] = {"stages": _pnr_stages(args, route_timing, name, tag=f"{sd}.", reseat=reseat), "k": 0,
+                          "own": own}
             start(sd)
         while winner is None:
             time.sleep(0.2)
@@ -641,8 +686,9 @@ def _race(argv: list[str], seeds: tuple[int | None, ...], name: str, cwd: Path, 
                 if r["k"] + 1 < len(r["stages"]):
                     _reap(p)
                     r["k"] += 1
-                    say(f"  place_and_route: seed {sd} placed; routing with timing weights")
+                    say(f"  place_and_route: seed {sd} placed; routing{_routing_how(route_timing, reseat)}")
                     start(sd)
+                    _say_seating(cwd / f"{sd}.{name}{DSP_SEATING_SUFFIX}", say)
                     continue
                 winner = sd
                 break
@@ -732,7 +778,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
               timing_driven: bool = False, seed: int | None = None, timing_paths: bool = False,
               race_seeds: tuple[int | None, ...] = (), dsp_registers: str = DEFAULT_DSP_REGISTERS,
               router_patience: int = DEFAULT_PATIENCE, route_timing: bool | None = None,
-              place_seeds: tuple[int | None, ...] = ()) -> BuildResult:
+              place_seeds: tuple[int | None, ...] = (), dsp_reseat: bool | None = None) -> BuildResult:
     """Steps elaborate .. report (without the model's predictions) for an elaboratable ``top``
     on ``board``; the plan, logs and bitstream go to ``build_dir``. ``dsp=False``: multipliers in
     LUTs (Yosys ``-nodsp`` on ECP5; iCE40 then synthesizes without ``-dsp``). With DSPs, products
@@ -752,11 +798,15 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     place without timing weights, then route with them, in two nextpnr runs (ROUTE_TIMING_DRIVEN;
     None: the family's default there, off with ``timing_driven``). ``place_seeds``: place with each
     of these seeds at once and route only the shortest placement (_place_race; not with ``seed``
-    or ``race_seeds``)."""
+    or ``race_seeds``). ``dsp_reseat``: between placement and routing, move the DSP blocks next to
+    the logic they connect (accel.dsp_placement; DSP_RESEAT; None: the family's default there, with
+    DSP blocks in use)."""
     check_mode(dsp_registers)
     check_patience(router_patience)
     if route_timing is not None and not isinstance(route_timing, bool):
         raise AccelError(f"route_timing={route_timing!r}: pass True, False or None (the family's default)")
+    if dsp_reseat is not None and not isinstance(dsp_reseat, bool):
+        raise AccelError(f"dsp_reseat={dsp_reseat!r}: pass True, False or None (the family's default)")
     if route_timing and timing_driven:
         raise AccelError("route_timing=True and timing_driven=True: timing-driven placement already routes with "
                          "timing weights in one run; pass one or the other")
@@ -781,6 +831,11 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     family = _OPEN_FLOWS.get(board.flow)
     if route_timing is None:
         route_timing = ROUTE_TIMING_DRIVEN.get(family, False) and not timing_driven
+    if dsp_reseat and family != "ecp5":
+        raise AccelError(f"dsp_reseat=True on {board.name!r} ({board.flow} flow): re-seating DSP blocks is for ECP5 "
+                         "placements (MULT18X18D); leave it unset")
+    if dsp_reseat is None:
+        dsp_reseat = DSP_RESEAT.get(family, False) and dsp
     platform = load_platform(board)
     build_dir = Path(build_dir).resolve()
     env = tool_environment(env)
@@ -814,7 +869,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
     if build_dir.exists():
         for stale in ("nextpnr_report.json", f"{name}.bit", f"{name}.bin", f"{name}.json", f"{name}.config",
                       f"{name}.asc", f"{name}_routed.json", f"{name}.synth.json", f"{name}.tim",
-                      f"{name}_placed.json", f"{name}.place.tim", f"{name}_route.lpf",
+                      f"{name}_placed.json", f"{name}.place.tim", f"{name}_route.lpf", f"{name}{DSP_SEATING_SUFFIX}",
                       MULTIPLIER_SCRIPT, f"{MULTIPLIER_PROBE}.il"):   # {name}.tim: nextpnr's log, watched for stalls
             (build_dir / stale).unlink(missing_ok=True)
         for racer in build_dir.glob("*.*"):             # a seed race's files ("default.top.tim", "2.top.tim", ...)
@@ -853,14 +908,14 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
             run_argv = [exe, *argv[1:]]
             if step == "place_and_route" and place_seeds:
                 race = _place_race(run_argv, place_seeds, route_timing, name, build_dir, env, say, heartbeat_s, log,
-                                   router_patience)
+                                   router_patience, dsp_reseat)
                 watch = build_dir / f"{name}.tim"
             elif step == "place_and_route" and race_seeds:
                 race = _race(run_argv, race_seeds, name, build_dir, env, say, heartbeat_s, log, router_patience,
-                             route_timing)
+                             route_timing, dsp_reseat)
             elif step == "place_and_route":
                 for stage_log in _place_and_route(run_argv, route_timing, name, build_dir, env, log, say,
-                                                  heartbeat_s, router_patience):
+                                                  heartbeat_s, router_patience, dsp_reseat):
                     watch = stage_log           # a failure's error names the running stage's log
             else:
                 _run_tool(step, run_argv, build_dir, env, log, say, heartbeat_s, watch, 0)
@@ -911,6 +966,7 @@ def build_top(top, board: Board | str, build_dir: str | Path, *, progress: Calla
                        timing_met=timing_met, critical_paths=parsed["critical_paths"], clock_mhz=clock,
                        extra={"multipliers": mul_plan.to_json() if mul_plan is not None else {"dsp": False},
                               "timing_driven": timing_driven, "route_timing": route_timing, "nextpnr_seed": seed,
+                              "dsp_seating": _read_seating(build_dir / f"{name}{DSP_SEATING_SUFFIX}", dsp_reseat),
                               "dsp_registers": {"mode": dsp_registers,
                                                 **(dsp_regs.to_json() if dsp_regs is not None else {})},
                               **({"placement_race": race} if race else {}),
@@ -1016,6 +1072,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
                 timing_paths: bool = False, race_seeds: tuple[int | None, ...] = (),
                 dsp_registers: str = DEFAULT_DSP_REGISTERS, router_patience: int = DEFAULT_PATIENCE,
                 route_timing: bool | None = None, place_seeds: tuple[int | None, ...] = (),
+                dsp_reseat: bool | None = None,
                 progress: Callable[[str], None] | None = None, heartbeat_s: float = 20.0) -> dict:
     """The whole flow for a model: the design (``params`` file or the search), the compiled memory
     image with evaluation image ``image``'s patches in place, the board top, the bitstream, and
@@ -1075,7 +1132,7 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
     res = build_top(top, board, out / "gateware", progress=say, dsp=dsp, dsp_budget=dsp_budget,
                     heartbeat_s=heartbeat_s, timing_driven=timing_driven, seed=seed, timing_paths=timing_paths,
                     race_seeds=race_seeds, dsp_registers=dsp_registers, router_patience=router_patience,
-                    route_timing=route_timing, place_seeds=place_seeds)
+                    route_timing=route_timing, place_seeds=place_seeds, dsp_reseat=dsp_reseat)
 
     achieved = _sync_fmax(res.fmax)
     fmax_sync = achieved[1]["achieved_mhz"] if achieved else None

@@ -292,7 +292,8 @@ def cmd_run(args) -> dict:
                     stalls=not args.no_stalls, skip=skip, stop_after=args.stop_after, parallel=not args.serial,
                     nextpnr_seed=args.seed, race_seeds=args.race_seeds, timing_paths=args.timing_paths,
                     dsp_registers=args.dsp_registers, router_patience=args.router_patience,
-                    route_timing=False if args.no_route_timing else None, place_seeds=args.place_seeds)
+                    route_timing=False if args.no_route_timing else None, place_seeds=args.place_seeds,
+                    dsp_reseat=False if args.no_dsp_reseat else None)
     rep = run(cfg, progress=_progress(True))
     if not args.json:
         out = Path(rep["report_dir"])
@@ -378,7 +379,8 @@ def cmd_build(args) -> dict:
                       seed=args.seed, timing_paths=args.timing_paths,
                       race_seeds=args.race_seeds, dsp_registers=args.dsp_registers,
                       router_patience=args.router_patience, route_timing=False if args.no_route_timing else None,
-                      place_seeds=args.place_seeds, progress=_progress(True))
+                      place_seeds=args.place_seeds, dsp_reseat=False if args.no_dsp_reseat else None,
+                      progress=_progress(True))
     if not args.json:
         p = res["predicted"]
         print(f"{res['model']} on {res['board']} ({res['part']}): {res['bitstream']}")
@@ -526,8 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(not with --seed or --race-seeds; default: none, one run)")
     p.add_argument("--no-route-timing", action="store_true",
                    help="ECP5: route without timing weights in the place-and-route run itself (by default the design "
-                        "is placed without them, then routed with them in a second nextpnr run: 41.6 -> 44.2 MHz on "
+                        "is placed without them, then routed with them in a second nextpnr run: 41.6 -> 43.9 MHz on "
                         "the same digits-moe placement)")
+    p.add_argument("--no-dsp-reseat", action="store_true",
+                   help="ECP5: route the placement as placed (by default the DSP blocks are moved next to the logic "
+                        "they connect between placement and routing: 44.1 -> 53.9 MHz on a digits-moe placement)")
     p = add("run", cmd_run, "the main job on the bundled default model and board: evaluate, search, generate, "
                             "simulate through the host driver, build the bitstream, report")
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -549,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the build's router stall limit (accel build --router-patience; default: %(default)s)")
     p.add_argument("--no-route-timing", action="store_true",
                    help="the build routes without timing weights (accel build --no-route-timing)")
+    p.add_argument("--no-dsp-reseat", action="store_true",
+                   help="the build routes its placement's DSP blocks where the placer put them "
+                        "(accel build --no-dsp-reseat)")
     p.add_argument("--place-seeds", type=_seed_list, default=DEFAULT_PLACE_SEEDS, metavar="S,S,...",
                    help="the build places with each seed and routes the shortest placement (accel build "
                         "--place-seeds; 'none': one run; default: %(default)s)")

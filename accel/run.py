@@ -61,6 +61,7 @@ class RunConfig:
     router_patience: int = DEFAULT_PATIENCE      # router2 iterations without progress before the build stops (0: never)
     route_timing: bool | None = None     # place without, route with timing weights (None: the family's default)
     place_seeds: tuple[int | None, ...] = ()   # placed at once, the shortest placement routed (accel build --place-seeds)
+    dsp_reseat: bool | None = None       # DSP blocks re-seated before routing (None: the family's default)
 
     def __post_init__(self):
         if not isinstance(self.images, int) or self.images < 1:
@@ -187,7 +188,7 @@ def step_build(state: RunState, say) -> dict:
                        race_seeds=c.race_seeds,
                        timing_paths=c.timing_paths, dsp_registers=c.dsp_registers,
                        router_patience=c.router_patience, route_timing=c.route_timing,
-                       place_seeds=c.place_seeds, progress=say)
+                       place_seeds=c.place_seeds, dsp_reseat=c.dsp_reseat, progress=say)
 
 
 def step_report(state: RunState, say) -> dict:

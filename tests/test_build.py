@@ -437,16 +437,24 @@ if "--no-route" in args:              # stage 1: place, write the placed netlist
     if "--report" in args or "--textcfg" in args or "--no-tmdriv" not in args:
         sys.exit(3)
     log.write(f"Info:   at iteration #1: temp = 0.000000, timing cost = 0, wirelen = {100 if seed == '3' else 300}\\n")
-    json.dump({"modules": {"top": {"settings": {"timing_driven": "0" * 32, "placer": "static"}}}},
+    # two products placed across the die from their operands (accel.dsp_placement re-seats them)
+    ff = lambda bel, q: {"type": "TRELLIS_FF", "attributes": {"NEXTPNR_BEL": bel},
+                         "port_directions": {"Q": "output"}, "connections": {"Q": [q]}}
+    dsp = lambda bel, a: {"type": "MULT18X18D", "attributes": {"NEXTPNR_BEL": bel},
+                          "port_directions": {"A0": "input"}, "connections": {"A0": [a]}}
+    cells = {"fa": ff("X40/Y11/SLICEA", 7), "fb": ff("X4/Y11/SLICEA", 8),
+             "da": dsp("X4/Y10/MULT18_0", 7), "db": dsp("X40/Y10/MULT18_0", 8)}
+    json.dump({"modules": {"top": {"settings": {"timing_driven": "0" * 32, "placer": "static"}, "cells": cells}}},
               open(opt("--write"), "w"))
 elif "--no-place" in args:            # stage 2: route the placed netlist, timing-driven from its settings
-    settings = json.load(open(opt("--json")))["modules"]["top"]["settings"]
-    if settings["timing_driven"] != "0" * 31 + "1" or "--no-tmdriv" in args:
+    top = json.load(open(opt("--json")))["modules"]["top"]
+    if top["settings"]["timing_driven"] != "0" * 31 + "1" or "--no-tmdriv" in args:
         sys.exit(4)
     log.write("Info:     iter=1 wires=9 overused=0 overuse=0 archfail=0\\n")
     open(opt("--report"), "w").write(seed)
     open(opt("--textcfg"), "w").write("config")
-    open(opt("--write"), "w").write("routed")
+    json.dump({n: c["attributes"]["NEXTPNR_BEL"] for n, c in top["cells"].items() if n[0] == "d"},
+              open(opt("--write"), "w"))       # where the routed products are
 else:
     sys.exit(2)
 """
@@ -489,14 +497,24 @@ def test_the_placed_netlist_gets_timing_driven_on_and_a_wrong_file_is_named(tmp_
     from accel.build import BuildError, _placed_netlist_for_routing
     placed = tmp_path / "top_placed.json"
     placed.write_text(json.dumps({"modules": {"cell": {}, "top": {"settings": {"timing_driven": "0" * 32}}}}))
-    _placed_netlist_for_routing(placed)
+    assert _placed_netlist_for_routing(placed, True, False) is None
     assert json.loads(placed.read_text())["modules"]["top"]["settings"]["timing_driven"] == "0" * 31 + "1"
     placed.write_text(json.dumps({"modules": {"top": {}}}))
     with pytest.raises(BuildError, match=r"top_placed.json has 0 modules with nextpnr settings, expected 1"):
-        _placed_netlist_for_routing(placed)
+        _placed_netlist_for_routing(placed, True, False)
     placed.write_text("{")
     with pytest.raises(BuildError, match=r"the placed netlist .*top_placed.json could not be read"):
-        _placed_netlist_for_routing(placed)
+        _placed_netlist_for_routing(placed, True, False)
+    # re-seating alone leaves the timing setting as the placement wrote it; a bad DSP cell is named
+    placed.write_text(json.dumps({"modules": {"top": {"settings": {"timing_driven": "0" * 32}, "cells": {
+        "d0": {"type": "MULT18X18D", "attributes": {"NEXTPNR_BEL": "X4/Y10/MULT18_0"}, "connections": {}}}}}}))
+    assert _placed_netlist_for_routing(placed, False, True)["movable"] == 1
+    assert json.loads(placed.read_text())["modules"]["top"]["settings"]["timing_driven"] == "0" * 32
+    placed.write_text(json.dumps({"modules": {"top": {"settings": {}, "cells": {
+        "d0": {"type": "MULT18X18D", "attributes": {}, "connections": {}}}}}}))
+    with pytest.raises(BuildError, match=r"step place_and_route: re-seating the DSP blocks of .*top_placed.json: "
+                                         r"DSP cell 'd0' has NEXTPNR_BEL ''"):
+        _placed_netlist_for_routing(placed, False, True)
 
 
 def test_place_then_route_with_timing_weights_alone_and_in_a_race(tmp_path):
@@ -510,6 +528,17 @@ def test_place_then_route_with_timing_weights_alone_and_in_a_race(tmp_path):
     assert [p.name for p in logs] == ["top.place.tim", "top.tim"]
     assert (tmp_path / "nextpnr_report.json").read_text() == "default"
     assert any("routing with timing weights" in s for s in said)
+    assert json.loads((tmp_path / "top_routed.json").read_text()) == {"da": "X4/Y10/MULT18_0", "db": "X40/Y10/MULT18_0"}
+    assert not (tmp_path / "top_dsp_seating.json").exists()
+    # with re-seating the two products trade places, next to their operands
+    said.clear()
+    list(_place_and_route(argv, True, "top", tmp_path, dict(os.environ), tmp_path / "top.place_and_route.log",
+                          said.append, 0.1, 10, reseat=True))
+    bels = json.loads((tmp_path / "top_routed.json").read_text())
+    assert bels["da"].startswith(("X40/Y10/", "X41/Y10/")) and bels["db"].startswith(("X4/Y10/", "X5/Y10/"))
+    assert json.loads((tmp_path / "top_dsp_seating.json").read_text())["worst_tiles_after"] <= 2
+    assert any("routing with timing weights, DSP blocks re-seated first" in s for s in said)
+    assert any("2 of 2 DSP blocks re-seated; farthest connection 37 -> " in s for s in said)
     (tmp_path / "nextpnr_report.json").unlink()
     out = _race(argv, (None, 3), "top", tmp_path, dict(os.environ), said.append, 0.1,
                 tmp_path / "top.place_and_route.log", route_timing=True)
@@ -526,12 +555,15 @@ def test_a_placement_race_routes_the_shortest_placement(tmp_path):
     argv = [sys.executable, "fake_nextpnr.py", *_ONE_RUN]
     said = []
     out = _place_race(argv, (None, 3, 9), True, "top", tmp_path, dict(os.environ), said.append, 0.1,
-                      tmp_path / "top.place_and_route.log", router_patience=10)
+                      tmp_path / "top.place_and_route.log", router_patience=10, reseat=True)
     assert out == {"wirelength_by_seed": {"default": 300, "3": 100, "9": 300}, "routed_seed": "3",
                    "rule": "shortest placement"}
     assert (tmp_path / "nextpnr_report.json").read_text() == "3"          # routed with the placement's seed
     assert "--seed 3" in (tmp_path / "top.place_and_route.log").read_text().splitlines()[-1]
-    assert any("routing seed 3's with timing weights" in s for s in said)
+    assert any("routing seed 3's with timing weights, DSP blocks re-seated first" in s for s in said)
+    assert json.loads((tmp_path / "top_routed.json").read_text())["da"].startswith(("X40/Y10/", "X41/Y10/"))
+    assert json.loads((tmp_path / "top_dsp_seating.json").read_text())["moved"] == 2     # the winner's, usual name
+    assert not list(tmp_path.glob("3.*"))
     (tmp_path / "fake_nextpnr.py").write_text(FAKE_TWO_STAGE_NEXTPNR.replace('if "--no-route" in args:',
                                                                              'if "--no-route" in args:\n    sys.exit(5)'))
     import subprocess
