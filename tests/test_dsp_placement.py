@@ -74,3 +74,23 @@ def test_errors_name_the_cell_and_the_file_shape():
         reseat_dsps({"modules": {"top": {"cells": {}}}})
     empty = _netlist({"fa": _ff("X4/Y11/SLICEA", q=10)})
     assert reseat_dsps(empty).moved == 0
+
+
+def test_the_bench_writes_the_reseated_netlist_and_names_a_bad_file(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "dsp_seating", Path(__file__).resolve().parents[1] / "bench" / "dsp_seating.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cells = {"fa": _ff("X40/Y11/SLICEA", q=10), "da": _dsp("X4/Y10/MULT18_0", a=(10,))}
+    (tmp_path / "p.json").write_text(json.dumps(_netlist(cells)))
+    assert bench.main([str(tmp_path / "p.json"), "--out", str(tmp_path / "o" / "r.json")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # only the sites of the blocks in use are offered: the block's far end, x 9
+    assert (out["moved"], out["worst_tiles_before"], out["worst_tiles_after"]) == (1, 37, 32)
+    assert _bel(json.loads((tmp_path / "o" / "r.json").read_text()), "da") == "X9/Y10/MULT18_5"
+    (tmp_path / "bad.json").write_text("{")
+    assert bench.main([str(tmp_path / "bad.json")]) == 1
+    assert "bad.json" in json.loads(capsys.readouterr().out)["error"]
