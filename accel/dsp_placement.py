@@ -74,8 +74,8 @@ def _xy(cell: dict) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def _pins(cells: dict) -> dict:
-    """net bit -> (driver position or None, [sink positions], [(cell, port, direction)] of DSPs)."""
+def _pins(cells: dict) -> tuple[dict, dict]:
+    """The placed cells' nets: {net bit: (driver cell, its (x, y))} and {net bit: [(sink cell, (x, y))]}."""
     drivers, sinks = {}, {}
     for name, c in cells.items():
         xy = _xy(c)
@@ -93,7 +93,8 @@ def _pins(cells: dict) -> dict:
     return drivers, sinks
 
 
-def _movable(name: str, cell: dict) -> bool:
+def _movable(cell: dict) -> bool:
+    """No clock, enable, reset or cascade net (constants do not count)."""
     return not any(_PINNING_PORTS.match(p) and any(isinstance(b, int) for b in bits)
                    for p, bits in cell.get("connections", {}).items())
 
@@ -115,12 +116,11 @@ def reseat_dsps(netlist: dict) -> DspSeating:
             raise DspPlacementError(f"DSP cell {n!r} has NEXTPNR_BEL {bel!r}, expected 'X<x>/Y<y>/MULT18_<z>' "
                                     "(is the netlist placed?)")
         seats[n] = (int(m.group(1)), int(m.group(2)), int(m.group(4)))
-    movable = sorted(n for n, c in dsps.items() if _movable(n, c))
+    movable = sorted(n for n, c in dsps.items() if _movable(c))
     fixed = set(dsps) - set(movable)
     blocks = {_block(*seats[n]) for n in dsps}
-    zs = MULT18_SITES_Z
     taken = {seats[n] for n in fixed}
-    sites = sorted((bx + z, by, z) for (bx, by) in blocks for z in zs if (bx + z, by, z) not in taken)
+    sites = sorted((bx + z, by, z) for (bx, by) in blocks for z in MULT18_SITES_Z if (bx + z, by, z) not in taken)
     if not movable:
         return DspSeating(0, len(fixed), len(sites), 0, 0.0, 0.0, 0, 0, 0.0, 0.0)
 
