@@ -47,7 +47,6 @@ from .layernorm import LayerNormParams, LayerNormUnit
 from .linear import LinearKernel, LinearParams
 from .program import INSTR_BYTES, INSTR_WORDS, LIST, MODE, OP, PORT, WMODE, instr_layout
 from .residual import ResidualParams, ResidualUnit
-from .skid import SkidBuffer
 
 __all__ = ["TopParams", "TopParamError", "AccelTop", "generate_verilog", "REG", "STATUS"]
 
@@ -378,14 +377,7 @@ class AccelTop(wiring.Component):
         pop_word = Signal()
         m.d.sync += credit.eq(credit - Mux(stage, blen, 0) + pop_word)
         axi_err = Signal()
-        # read data registered before the word FIFO: on the ECP5 the memory's output mux over its
-        # block RAMs and the FIFO's write path in one cycle was the next path over 20 ns. The
-        # credits reserve a FIFO place for every word of a staged burst, the registered word's
-        # included, so the FIFO has room for it when it arrives a cycle later.
-        rd_valid = Signal(name="rd_valid")
-        rd_word = Signal(64, name="rd_word", reset_less=True)
-        m.d.sync += [rd_valid.eq(M("rvalid") & M("rready")), rd_word.eq(M("rdata"))]
-        m.d.comb += [M("rready").eq(dfifo.w_rdy), dfifo.w_data.eq(rd_word), dfifo.w_en.eq(rd_valid)]
+        m.d.comb += [M("rready").eq(dfifo.w_rdy), dfifo.w_data.eq(M("rdata")), dfifo.w_en.eq(M("rvalid"))]
         m.d.comb += axi_err.eq((M("rvalid") & (M("rresp") != 0)) | (M("bvalid") & (M("bresp") != 0)))
 
         # packer: gathers a beat's words, then queues the beat in a two-entry register FIFO. A unit's
@@ -691,10 +683,6 @@ class AccelTop(wiring.Component):
         g_s = Signal(range(P.gate.max_k + 1))
         g_beat = Signal(P.gate_layouts["r"])
         w_busy = Signal()
-        # the armed mode as one flip-flop per source, loaded with ``wins``: a source's ready starts
-        # at a register beside it instead of at a compare of ``wins`` (the writer's armed mode
-        # reached the linear kernel's and the LayerNorm's pipeline enables across the die)
-        armed_lin, armed_att = Signal(name="armed_lin", init=1), Signal(name="armed_att")   # wins resets to mode LIN
 
         m.d.comb += [M("awsize").eq(3), M("awburst").eq(1), M("awlen").eq(0), M("wlast").eq(1),
                      M("bready").eq(1), M("wstrb").eq(0xFF)]
@@ -709,7 +697,7 @@ class AccelTop(wiring.Component):
         # writer back through the linear kernel into the packer, were among the longest paths.
         # Two beats each, full throughput. The program arms the writer only after a WAIT, so no
         # beat waits here across a change of ``wins``.
-        def offset_slice(src, tok, col, armed, name):
+        def offset_slice(src, tok, col, mode, name):
             # the token offset is multiplied in two halves of the token's bits as the beat
             # enters, and the halves and the column offset are summed in the cycle after the
             # beat reaches the main register (``fresh``: not yet summed); a 5 x 24-bit product in
@@ -727,7 +715,7 @@ class AccelTop(wiring.Component):
             take = Signal(name=f"{name}_take")
             fresh = Signal(name=f"{name}_fresh")
             off = Signal(32, name=f"{name}_off")
-            m.d.comb += src.ready.eq(armed & ~s_valid)
+            m.d.comb += src.ready.eq((wins.mode == mode) & ~s_valid)
             fire = src.valid & src.ready
             incoming = [src.payload, tok[:h] * wins.stride_a, tok[h:] * wins.stride_a, col * wins.cstep_a]
             loaded = Signal(name=f"{name}_loaded")
@@ -747,19 +735,9 @@ class AccelTop(wiring.Component):
             return valid & ~fresh, pay, off, take
 
         ly_valid, ly, ly_off, ly_take = offset_slice(lin.y_o, lin.y_o.payload.tok, lin.y_o.payload.tile,
-                                                     armed_lin, "lin_out")
+                                                     WMODE.LIN, "lin_out")
         ao_valid, ao, ao_off, ao_take = offset_slice(att.o_o, att.o_o.payload.tok, att.o_o.payload.chunk,
-                                                     armed_att, "att_out")
-        # the row sources (LayerNorm, residual) through skid buffers: their ready is the skid's
-        # flip-flop, not the writer's state (the writer's TAKE state drove the LayerNorm's stall,
-        # the clock enable of its whole output pipeline). A row beat may wait in its skid before
-        # the writer is armed for it; the writer takes its address when it takes the beat.
-        row_skids = []
-        for k, (unit, s) in enumerate([("ln", ln.y_o), ("res", res.o_o)]):
-            sk = SkidBuffer(s.payload.shape())
-            m.submodules[f"{unit}_out_skid"] = sk
-            m.d.comb += [sk.i.valid.eq(s.valid), sk.i.payload.eq(s.payload), s.ready.eq(sk.i.ready)]
-            row_skids.append(sk.o)
+                                                     WMODE.ATT, "att_out")
 
         with m.FSM(name="writer"):
             with m.State("IDLE"):
@@ -779,7 +757,7 @@ class AccelTop(wiring.Component):
                                          w_hw.eq(255), w_hi.eq(0), taken.eq(taken + 1)]
                             m.next = "EMIT"
                     with m.Case(WMODE.ROWS):
-                        src = row_skids
+                        src = [ln.y_o, res.o_o]
                         for k, s in enumerate(src):
                             with m.If(wins.port == k):
                                 nb = len(s.payload.as_value()) - 1
@@ -902,8 +880,7 @@ class AccelTop(wiring.Component):
                         m.next = "FETCH"
                     with m.Case(OP.WRITE):
                         m.d.comb += arm.eq(1)
-                        m.d.sync += [wins.eq(ins), armed_lin.eq(ins.mode == WMODE.LIN),
-                                     armed_att.eq(ins.mode == WMODE.ATT)]
+                        m.d.sync += wins.eq(ins)
                         m.next = "FETCH"
                     with m.Case(OP.WAIT):
                         m.next = "WAITING"
