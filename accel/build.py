@@ -92,8 +92,9 @@ NEXTPNR_TIMING_DRIVEN_OPTS = {"ecp5": "--placer heap --placer-heap-beta 0.6 --ro
 ROUTE_TIMING_DRIVEN = {"ecp5": True}
 # Between the placement and the routing run the DSP blocks are re-seated next to the logic they
 # connect (accel.dsp_placement): on the digits-moe run netlist's placement (d2cb376, 368,642) the
-# routing run with timing weights went from 44.10 MHz to 53.91 (docs/benchmarks.md). Families
-# where builds do this unless asked not to:
+# routing run with timing weights went from 44.10 MHz to 53.91 when run by hand, and accel run's
+# own routing of the same placement from 41.25 to 44.60 (docs/benchmarks.md). Families where
+# builds do this unless asked not to:
 DSP_RESEAT = {"ecp5": True}
 DSP_SEATING_SUFFIX = "_dsp_seating.json"
 
