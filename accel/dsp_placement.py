@@ -1,16 +1,16 @@
 """Re-seat the DSP blocks of a placed ECP5 netlist next to the logic they connect.
 
-nextpnr's static placer spreads cells by density, then legalizes the DSP blocks onto their sites
-with a nearest-free-site search. When nearly every MULT18X18D site is taken (154 of 156 on the
-digits-moe design), a block whose neighbourhood is full lands wherever a site is left, sometimes
-across the die from its operands' flip-flops: the digits-moe build's two worst paths were such
-blocks, 178 and 93 tiles from their logic (docs/benchmarks.md).
+nextpnr's static placer spreads cells by density, then legalizes the DSP blocks onto their sites.
+When nearly every MULT18X18D site is taken (154 of 156 on the digits-moe design), some blocks end
+up across the die from its operands' flip-flops: the digits-moe build's two worst paths went through
+such blocks (the gate's product 178 tiles from its operands; a linear requantizer product at
+(9, 34) with its sum at (102, 55); docs/benchmarks.md).
 
 :func:`reseat_dsps` takes the placement as it is, and chooses the site of every movable DSP block
 at once: an assignment of blocks to the sites of the DSP blocks the placement used, minimizing the
 summed squared distance (in tiles) from each block to the drivers of its inputs and to the box of
-the sinks of each of its outputs, with every other cell where the placer put it (scipy's linear_sum_assignment). The
-result is a permutation of sites among the blocks, written back as their ``NEXTPNR_BEL``; the
+the sinks of each of its outputs, with every other cell where the placer put it (scipy's
+linear_sum_assignment). The result is a permutation of sites among the blocks, written back as their ``NEXTPNR_BEL``; the
 routing run (accel.build) then routes the placement with the moved blocks.
 
 What moves: MULT18X18D cells without clock, clock-enable or reset nets and without cascade
