@@ -352,7 +352,29 @@ def _tail(path: Path, lines: int = 15) -> str:
 _RUNNING: set[subprocess.Popen] = set()
 
 
+# A YoWASP tool (WebAssembly) sees the host's directories through WASI preopens: by default every
+# directory under / plus one ``..`` per level of its working directory, so how deep the build
+# folder lies changes the tool's memory layout. nextpnr's router2 result depends on that layout: the
+# same placed netlist, the same command, began routing at 791,401 / 791,361 / 791,249 wires
+# (build folder 4, 5 and 6 levels deep) and finished between 44.6 and 53.9 MHz (docs/benchmarks.md).
+# The build runs each YoWASP tool with its working directory mounted as the tool's root
+# (``YOWASP_MOUNT=/=DIR``, the YoWASP runtime's own setting), so a build gives the same result
+# wherever its folder is (also under /tmp, which YoWASP tools otherwise see as their own).
+YOWASP_MOUNT = "YOWASP_MOUNT"
+
+
+def tool_run_environment(argv: list[str], cwd: str | Path, env: dict[str, str]) -> dict[str, str]:
+    """The environment to run ``argv`` in ``cwd`` with: ``env``, and for a YoWASP tool
+    ``YOWASP_MOUNT`` mounting ``cwd`` as the tool's root (the tool sees nothing outside it; the
+    build's tools read and write only their build folder)."""
+    if not argv or not Path(argv[0]).name.startswith("yowasp-"):
+        return env
+    return {**env, YOWASP_MOUNT: f"/={Path(cwd).resolve()}"}
+
+
 def _start(argv: list[str], **kwargs) -> subprocess.Popen:
+    if kwargs.get("cwd") is not None:
+        kwargs["env"] = tool_run_environment(argv, kwargs["cwd"], kwargs.get("env") or dict(os.environ))
     proc = subprocess.Popen(argv, **kwargs)
     _RUNNING.add(proc)
     return proc

