@@ -7,7 +7,8 @@ simulator with the stand-in core and with the real accelerator top.
 
 One real build: the board top with the stand-in core on the ULX3S 85F through YoWASP Yosys,
 nextpnr-ecp5 and ecppack (about 35-60 s on two cores). Its folder is under the repository's
-build/ (YoWASP tools do not see pytest's /tmp).
+build/, to look at after a run (since the build mounts its folder as the tools' root, a folder
+under /tmp would work too: test_a_yowasp_tool_sees_its_build_folder_as_root).
 """
 import argparse
 import gc
