@@ -369,7 +369,11 @@ def tool_run_environment(argv: list[str], cwd: str | Path, env: dict[str, str]) 
     build's tools read and write only their build folder)."""
     if not argv or not Path(argv[0]).name.startswith("yowasp-"):
         return env
-    return {**env, YOWASP_MOUNT: f"/={Path(cwd).resolve()}"}
+    folder = Path(cwd).resolve()
+    if ":" in str(folder):
+        raise BuildError(f"the build folder {str(folder)!r} contains ':', which the YoWASP runtime's "
+                         f"{YOWASP_MOUNT} (entries separated by ':') cannot mount; choose an --out without ':'")
+    return {**env, YOWASP_MOUNT: f"/={folder}"}
 
 
 def _start(argv: list[str], **kwargs) -> subprocess.Popen:

