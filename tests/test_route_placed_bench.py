@@ -61,8 +61,12 @@ def test_routes_a_copy_with_settings_and_reports(fake_nextpnr, tmp_path, capsys)
     seen = json.loads((out / "seen.json").read_text())
     assert seen["settings"] == {"timing_driven": "1", "router2/estimateWeight": "2.0"}
     assert seen["mount"] == f"/={out.resolve()}"
-    assert seen["argv"][seen["argv"].index("--no-place") + 1:] == ["--json", "top_placed.json", "--lpf", "top_route.lpf"]
-    assert "--detailed-timing-report" not in seen["argv"]
+    # the build's routing command (accel build's nextpnr command for the ULX3S, as _pnr_stages splits it)
+    from accel.build import NEXTPNR_OPTS, NO_TIMING_DRIVEN, _pnr_stages
+    build_argv = ["nextpnr-ecp5", "--quiet", "--report", "nextpnr_report.json", "--timing-allow-fail",
+                  *NEXTPNR_OPTS["ecp5"].split(), NO_TIMING_DRIVEN, "--log", "top.tim", "--85k", "--package", "CABGA381",
+                  "--speed", "6", "--json", "top.json", "--lpf", "top.lpf", "--textcfg", "top.config"]
+    assert seen["argv"] == _pnr_stages(build_argv, True, "top", reseat=True)[1].argv[1:]
     # the source folder's netlist is left as it was
     assert json.loads((fake_nextpnr / "top_placed.json").read_text())["modules"]["top"]["settings"] == {"timing_driven": "1"}
 
@@ -78,3 +82,7 @@ def test_stops_at_an_iteration_and_names_bad_input(fake_nextpnr, tmp_path, capsy
     assert "top_placed.json not found" in json.loads(capsys.readouterr().out)["error"]
     assert bench.main([str(fake_nextpnr), "--out", str(tmp_path / "y"), "--set", "novalue"]) == 1
     assert "expected KEY=VALUE" in json.loads(capsys.readouterr().out)["error"]
+    assert bench.main([str(fake_nextpnr), "--out", str(tmp_path / "z"), "--stop-at-iteration", "-1"]) == 1
+    assert "must be 0 (route to the end) or more" in json.loads(capsys.readouterr().out)["error"]
+    assert bench.main([str(fake_nextpnr), "--out", str(fake_nextpnr)]) == 1
+    assert "is FROM itself" in json.loads(capsys.readouterr().out)["error"]
