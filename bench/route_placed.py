@@ -96,11 +96,12 @@ def main(argv=None) -> int:
     log = a.out / "top.tim"
     log.unlink(missing_ok=True)
     env = tool_environment()
+    out = open(a.out / "route.out", "w")
     try:
         argv_ = route_argv(_resolve("nextpnr-ecp5", env), a.device.split(), a.timing_report)
-        out = open(a.out / "route.out", "w")
         proc = _start(argv_, cwd=a.out, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     except BuildError as e:                   # no nextpnr, or a folder the YoWASP runtime cannot mount
+        out.close()
         print(json.dumps({"error": str(e)}))
         return 1
     # stopped with SIGTERM (kill, timeout): leave through the finally below, which stops nextpnr
