@@ -4,11 +4,12 @@
     python bench/route_placed.py build/k4/gateware --out build/r2 --set router2/initCurrCongWeight=2.0
     python bench/route_placed.py build/k4/gateware --out build/r3 --stop-at-iteration 1
 
-FROM is a build folder after place and route (``top_placed.json``, as re-seated, and
-``top_route.lpf``: accel/build.py ``_pnr_stages``). They are copied to OUT (``--set KEY=VALUE``
-adds nextpnr settings to the copy's, which nextpnr reads when it loads the file), and nextpnr
-routes them there with the build's routing command and the build's tool start (the folder mounted
-as the tool's root: the result does not depend on where OUT is). Prints JSON: router2's first
+FROM is a build folder after place and route (``top_placed.json``, as re-seated, ``top_route.lpf``
+and ``build_top.json``, Amaranth's plan with the build's nextpnr command). The netlist and LPF are
+copied to OUT (``--set KEY=VALUE`` adds nextpnr settings to the copy's, which nextpnr reads when it
+loads the file), and nextpnr routes them there with the routing command the build derives from its
+own (accel/build.py ``_pnr_stages``, timing weights on) and the build's tool start (the folder
+mounted as the tool's root: the result does not depend on where OUT is). Prints JSON: router2's first
 iteration (wires, overused), the iterations, router2's seconds, Fmax and the wall time.
 """
 from __future__ import annotations
@@ -23,19 +24,25 @@ import sys
 import time
 from pathlib import Path
 
-from accel.build import NEXTPNR_OPTS, BuildError, _reap, _resolve, _start, tool_environment
+from accel.build import BuildError, _pnr_stages, _reap, _resolve, _start, tool_environment
 
 ITERATION = re.compile(r"iter=(\d+) wires=(\d+) overused=(\d+)")
 FMAX = re.compile(r"Max frequency for clock '([^']+)': ([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
 ROUTER2_TIME = re.compile(r"Router2 time ([\d.]+)s")
 
 
-def route_argv(exe: str, device: list[str], timing_report: bool) -> list[str]:
-    """The build's routing command (``accel build`` on ECP5, timing weights on: accel/build.py)."""
-    return [exe, "--quiet", "--report", "nextpnr_report.json", "--timing-allow-fail", *NEXTPNR_OPTS["ecp5"].split(),
-            *(["--detailed-timing-report", "--write", "top_routed.json"] if timing_report else []),
-            "--log", "top.tim", *device, "--textcfg", "top.config",
-            "--no-place", "--json", "top_placed.json", "--lpf", "top_route.lpf"]
+def route_argv(plan: dict, timing_report: bool) -> list[str]:
+    """The build's routing command from its Amaranth plan (``build_top.json``): the nextpnr command's
+    routing run as accel/build.py ``_pnr_stages`` splits it (timing weights on, the build's default);
+    ``timing_report`` adds ``--detailed-timing-report --write top_routed.json`` unless it is there."""
+    pnr = [c for c in plan.get("commands", []) if c and c[0].startswith("nextpnr-")]
+    if len(pnr) != 1:
+        raise ValueError(f"{len(pnr)} nextpnr commands in the plan, expected 1")
+    cmd = pnr[0]
+    if timing_report and "--detailed-timing-report" not in cmd:     # where accel build --timing-paths puts it
+        at = cmd.index("--log") if "--log" in cmd else len(cmd)
+        cmd = [*cmd[:at], "--detailed-timing-report", "--write", "top_routed.json", *cmd[at:]]
+    return _pnr_stages(cmd, True, "top", reseat=True)[1].argv
 
 
 def summary(log_text: str) -> dict:
@@ -59,7 +66,6 @@ def main(argv=None) -> int:
                     help="stop once router2 reports iteration N (0: route to the end)")
     ap.add_argument("--timing-report", action="store_true",
                     help="add --detailed-timing-report --write top_routed.json (accel build --timing-paths)")
-    ap.add_argument("--device", default="--85k --package CABGA381 --speed 6", help="nextpnr's device options")
     a = ap.parse_args(argv)
     if a.stop_at_iteration < 0:
         print(json.dumps({"error": f"--stop-at-iteration {a.stop_at_iteration}: must be 0 (route to the end) or more"}))
@@ -68,7 +74,7 @@ def main(argv=None) -> int:
         print(json.dumps({"error": f"--out {str(a.out)!r} is FROM itself: route in another folder (FROM's files "
                                    "stay as the build left them)"}))
         return 1
-    for name in ("top_placed.json", "top_route.lpf"):
+    for name in ("top_placed.json", "top_route.lpf", "build_top.json"):
         if not (a.src / name).is_file():
             print(json.dumps({"error": f"{a.src / name} not found: FROM must be a build folder after place and "
                                        "route (accel build writes it in OUT/gateware)"}))
@@ -98,7 +104,13 @@ def main(argv=None) -> int:
     env = tool_environment()
     out = open(a.out / "route.out", "w")
     try:
-        argv_ = route_argv(_resolve("nextpnr-ecp5", env), a.device.split(), a.timing_report)
+        argv_ = route_argv(json.loads((a.src / "build_top.json").read_text()), a.timing_report)
+    except (ValueError, OSError) as e:          # json.JSONDecodeError is a ValueError
+        out.close()
+        print(json.dumps({"error": f"{a.src / 'build_top.json'}: {e}"}))
+        return 1
+    try:
+        argv_ = [_resolve(argv_[0], env), *argv_[1:]]
         proc = _start(argv_, cwd=a.out, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     except BuildError as e:                   # no nextpnr, or a folder the YoWASP runtime cannot mount
         out.close()

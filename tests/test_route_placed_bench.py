@@ -47,6 +47,13 @@ def fake_nextpnr(tmp_path, monkeypatch):
     src.mkdir(parents=True)
     (src / "top_placed.json").write_text(json.dumps({"modules": {"top": {"settings": {"timing_driven": "1"}}}}))
     (src / "top_route.lpf").write_text("FREQUENCY NET \"$glbnet$clk\" 50.0 MHz;\n")
+    # Amaranth's plan as accel build writes it for the ULX3S (build/k4/gateware/build_top.json)
+    (src / "build_top.json").write_text(json.dumps({"commands": [
+        ["yosys", "-q", "-l", "top.rpt", "top.ys"],
+        ["nextpnr-ecp5", "--quiet", "--report", "nextpnr_report.json", "--timing-allow-fail", "--placer", "static",
+         "--router", "router2", "--no-tmdriv", "--log", "top.tim", "--85k", "--package", "CABGA381", "--speed", "6",
+         "--json", "top.json", "--lpf", "top.lpf", "--textcfg", "top.config"],
+        ["ecppack", "--compress", "--input", "top.config", "--bit", "top.bit", "--svf", "top.svf"]]}))
     return src
 
 
@@ -61,12 +68,15 @@ def test_routes_a_copy_with_settings_and_reports(fake_nextpnr, tmp_path, capsys)
     seen = json.loads((out / "seen.json").read_text())
     assert seen["settings"] == {"timing_driven": "1", "router2/estimateWeight": "2.0"}
     assert seen["mount"] == f"/={out.resolve()}"
-    # the build's routing command (accel build's nextpnr command for the ULX3S, as _pnr_stages splits it)
-    from accel.build import NEXTPNR_OPTS, NO_TIMING_DRIVEN, _pnr_stages
-    build_argv = ["nextpnr-ecp5", "--quiet", "--report", "nextpnr_report.json", "--timing-allow-fail",
-                  *NEXTPNR_OPTS["ecp5"].split(), NO_TIMING_DRIVEN, "--log", "top.tim", "--85k", "--package", "CABGA381",
-                  "--speed", "6", "--json", "top.json", "--lpf", "top.lpf", "--textcfg", "top.config"]
-    assert seen["argv"] == _pnr_stages(build_argv, True, "top", reseat=True)[1].argv[1:]
+    # the build's routing run of that plan (the one build/k4 ran: timing weights on, placed netlist in)
+    assert seen["argv"] == ["--quiet", "--report", "nextpnr_report.json", "--timing-allow-fail", "--placer", "static",
+                            "--router", "router2", "--log", "top.tim", "--85k", "--package", "CABGA381", "--speed", "6",
+                            "--textcfg", "top.config", "--no-place", "--json", "top_placed.json", "--lpf", "top_route.lpf"]
+    # --timing-report: where accel build --timing-paths puts the options (build/run_rs's routing run)
+    assert bench.main([str(fake_nextpnr), "--out", str(tmp_path / "t"), "--timing-report"]) == 0
+    capsys.readouterr()
+    argv = json.loads((tmp_path / "t" / "seen.json").read_text())["argv"]
+    assert argv[7:12] == ["router2", "--detailed-timing-report", "--write", "top_routed.json", "--log"]
     # the source folder's netlist is left as it was
     assert json.loads((fake_nextpnr / "top_placed.json").read_text())["modules"]["top"]["settings"] == {"timing_driven": "1"}
 
@@ -80,6 +90,10 @@ def test_stops_at_an_iteration_and_names_bad_input(fake_nextpnr, tmp_path, capsy
     assert res["seconds"] < 8          # not the 30 s the stand-in takes to finish
     assert bench.main([str(tmp_path), "--out", str(tmp_path / "x")]) == 1
     assert "top_placed.json not found" in json.loads(capsys.readouterr().out)["error"]
+    (fake_nextpnr / "build_top.json").write_text(json.dumps({"commands": [["yosys", "top.ys"]]}))
+    assert bench.main([str(fake_nextpnr), "--out", str(tmp_path / "w")]) == 1
+    assert json.loads(capsys.readouterr().out)["error"].endswith(
+        "build_top.json: 0 nextpnr commands in the plan, expected 1")
     assert bench.main([str(fake_nextpnr), "--out", str(tmp_path / "y"), "--set", "novalue"]) == 1
     assert "expected KEY=VALUE" in json.loads(capsys.readouterr().out)["error"]
     assert bench.main([str(fake_nextpnr), "--out", str(tmp_path / "z"), "--stop-at-iteration", "-1"]) == 1
