@@ -1095,6 +1095,27 @@ def _sync_fmax(fmax: dict) -> tuple[str, dict] | None:
     return name, fmax[name]
 
 
+def memory_image(cfg, tp, image: int = 0):
+    """The on-chip memory image a bitstream of the design ``tp`` carries: the compiled program and
+    weights with evaluation image ``image``'s patches in the input buffer. Returns the compiled
+    model (accel.compiler), the image bytes and its 64-bit words (what the board top's RAM holds)."""
+    from accel.compiler import compile_model
+    from accel.hdl.board_top import image_words
+    from accel.models.data import eval_set
+    from accel.models.quantize import load_reference
+    if isinstance(image, bool) or not isinstance(image, int) or image < 0:
+        raise AccelError(f"image={image!r}: pass the index of an evaluation image, an int >= 0")
+    ref = load_reference(cfg.name)
+    comp = compile_model(ref, tp)
+    img = bytearray(comp.image)
+    data = eval_set(ref.cfg, image + 1)
+    if image >= len(data.images):
+        raise AccelError(f"image {image} is out of range: the evaluation set of {cfg.name!r} has {len(data.images)}")
+    patches = ref.quantize_images(data.images[image:image + 1])[0]
+    comp.input.write(img, patches.reshape(comp.input.rows, comp.input.cols))
+    return comp, bytes(img), image_words(img)
+
+
 def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out: str | Path = "build/bitstream",
                 params: str | Path | None = None, *, image: int = 0, dsp: bool = True, dsp_budget: int | None = None,
                 clock_mhz: float | None = None, timing_driven: bool = False, seed: int | None = None,
@@ -1136,20 +1157,9 @@ def build_model(board: str | Board = "ulx3s-85f", model: str = "digits-moe", out
             "building anyway: synthesis and place and route decide")
     tp = top_params(design, cfg)
 
-    from accel.compiler import compile_model
-    from accel.hdl.board_top import BoardTop, image_words
-    from accel.models.data import eval_set
-    from accel.models.quantize import load_reference
+    from accel.hdl.board_top import BoardTop
     say(f"compiling {cfg.name} into a memory image")
-    ref = load_reference(cfg.name)
-    comp = compile_model(ref, tp)
-    img = bytearray(comp.image)
-    data = eval_set(ref.cfg, image + 1)
-    if image >= len(data.images):
-        raise AccelError(f"image {image} is out of range: the evaluation set of {cfg.name!r} has {len(data.images)}")
-    patches = ref.quantize_images(data.images[image:image + 1])[0]
-    comp.input.write(img, patches.reshape(comp.input.rows, comp.input.cols))
-    words = image_words(img)
+    comp, img, words = memory_image(cfg, tp, image)
     mem_bits = len(words) * 64
     on_chip = board.resources.bram * board.bram_kbits * 1024
     if mem_bits > on_chip:

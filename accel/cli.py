@@ -395,6 +395,18 @@ def cmd_build(args) -> dict:
     return res
 
 
+def cmd_reimage(args) -> dict:
+    from accel.reimage import reimage
+    res = reimage(args.source, args.out, args.image, progress=_progress(True))
+    if not args.json:
+        r = res["reimaged_from"]
+        print(f"{res['model']} on {res['board']}: {res['bitstream']} carries evaluation image "
+              f"{res['memory_image']['input_image']} (the build had {r['input_image']}; {r['blocks_changed']} of "
+              f"{r['blocks']} image blocks rewritten) in {res['seconds']['reimage']:.1f} s; the build's routed design, "
+              f"its timing and utilization unchanged; report: {res['report']}")
+    return res
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="accel", description="FPGA co-design for quantized MoE vision transformers")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -534,6 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ECP5: route the placement as placed (by default the DSP blocks are moved next to the logic "
                         "they connect between placement and routing: 41.3 -> 44.6 MHz in accel run on a digits-moe "
                         "placement, 44.1 -> 53.9 routed by hand)")
+    p = add("reimage", cmd_reimage, "another evaluation image into a built ECP5 bitstream, without synthesis or "
+            "place and route (seconds, not a rebuild)")
+    p.add_argument("--from", dest="source", required=True, metavar="DIR",
+                   help="the --out folder of an `accel build` (or an `accel run` report's bitstream/ folder)")
+    p.add_argument("--image", type=int, required=True, help="index into the model's evaluation set")
+    p.add_argument("--out", required=True, help="folder for report.json and gateware/top.bit (created)")
     p = add("run", cmd_run, "the main job on the bundled default model and board: evaluate, search, generate, "
                             "simulate through the host driver, build the bitstream, report")
     p.add_argument("--model", default=DEFAULT_MODEL)
