@@ -340,6 +340,11 @@ def _markdown(rep: dict) -> str:
         p = bu["predicted"]
         if p.get("fps_at_fmax"):
             L += ["", f"- {p['fps_at_fmax']:.1f} FPS predicted at Fmax ({p['basis']})"]
+        image = (bu.get("memory_image") or {}).get("input_image")
+        if image is not None and str(bu.get("part", "")).startswith("LFE5"):
+            folder = Path(bu["bitstream"]).parent.parent
+            L += [f"- it carries evaluation image {image}; another one without a rebuild (seconds): "
+                  f"`accel reimage --from {folder} --image N --out DIR`"]
         L += [""]
     L += [f"Total {rep['seconds']['total']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in rep["seconds"].items()
                                                                 if k != "total")]

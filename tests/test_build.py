@@ -357,6 +357,8 @@ def test_run_builds_beside_the_simulation(monkeypatch, tmp_path, capsys):
     assert json.loads((tmp_path / "steps" / "5_build.json").read_text())["timing_met"] is True
     md = (tmp_path / "report.md").read_text()
     assert "## Bitstream" in md and "clock clk: Fmax 87.2 MHz against 50 MHz" in md
+    assert (f"- it carries evaluation image 0; another one without a rebuild (seconds): `accel reimage --from "
+            f"{tmp_path / 'bitstream'} --image N --out DIR`") in md
     gc.collect()
 
 
