@@ -236,13 +236,8 @@ def test_board_top_runs_the_accelerator_top():
 
 # ------------------------------------------------------------------------------ one real build
 
-def test_real_build_ulx3s_stand_in():
-    words = [0] * 512
-    words[0] = 64 | ((8 * 256) << 32)
-    top = BoardTop(None, words, 0, core=CopyCore(), clock_mhz=50)
-    said = []
-    res = build_top(top, "ulx3s-85f", REPO / "build" / "test_build" / "ulx3s-85f", progress=said.append,
-                    timing_paths=True, race_seeds=(None, 2))
+def test_real_build_ulx3s_stand_in(ulx3s_stand_in_build):
+    res, top, said, _ = ulx3s_stand_in_build
     assert Path(res.bitstream).name == "top.bit" and Path(res.bitstream).stat().st_size > 100_000
     assert top.pll is not None and top.pll.fout_mhz == 50
     clk = res.fmax["clk"]

@@ -142,19 +142,15 @@ def test_a_missing_netlist_is_named(tmp_path):
 # ------------------------------------------------------------------------ against a real build
 
 
-def test_a_real_build_holds_the_words_as_laid_out_and_takes_new_ones():
-    """The board top's RAM with 8,192 random words, built for the ULX3S by Yosys and nextpnr:
-    every one of its blocks in the configuration holds the words as accel.ecp5_bram lays them out
-    (random words set every bit position of every block); new words patched in then pack."""
-    from accel.build import _reap, _resolve, _start, build_top, tool_environment
-    from accel.hdl.board_top import BoardTop, CopyCore
-    rng = random.Random(7)
-    words = [rng.getrandbits(64) for _ in range(8192)]
-    words[0] = 1 | ((8 * 8100) << 32)         # CopyCore's descriptor: copy one word to word 8100
-    top = BoardTop(None, words, 0, core=CopyCore(), clock_mhz=50)
-    res = build_top(top, "ulx3s-85f", REPO / "build" / "test_ecp5_bram", dsp_reseat=False)
+def test_a_real_build_holds_the_words_as_laid_out_and_takes_new_ones(ulx3s_stand_in_build):
+    """The board top's RAM with 8,192 random words, built for the ULX3S by Yosys and nextpnr
+    (tests/conftest.py): every one of its blocks in the configuration holds the words as
+    accel.ecp5_bram lays them out (random words set every bit position of every block); new words
+    patched in then pack."""
+    from accel.build import _reap, _resolve, _start, tool_environment
+    res, _, _, words = ulx3s_stand_in_build
     gw = Path(res.build_dir)
-    cells = memory_cells(gw / "top_placed.json", "ram.mem")
+    cells = memory_cells(gw / "top_routed.json", "ram.mem")
     # one row of 8,192 addresses, 32 columns of 2 bits: the packed layout (8 data bits in 9), as at
     # the 4 bits of the digits-moe image RAM
     assert {c.width for c in cells} == {2} and len(cells) == 32
