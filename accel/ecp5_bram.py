@@ -17,9 +17,15 @@ and nextpnr-ecp5 (``bitstream.cc``) lay it out, and as every use checks it again
   line) under ``.bram_init <WID>``, where WID is the cell's ``WID`` attribute in the placed or
   routed netlist; ``ecppack`` finds the block's site from the same WID in the tile settings.
 
-Verified on the digits-moe build (144 blocks of the image RAM at ``w`` = 4; every block of the
-171 by its WID), on a 4,200-word RAM (18 blocks at ``w`` = 36), and by tests/test_ecp5_bram.py on
-a fresh build of an 8,192-word RAM (32 blocks at ``w`` = 2). A memory split over several widths is refused.
+This is the layout of a memory written a whole word at a time, as the board top's RAM is (its
+write strobes are all ones): with byte enables Yosys gives every byte a 9-bit lane, which this
+module does not lay out. Checked on the digits-moe build by hand (9 rows of 16 blocks at ``w`` = 4;
+every one of its 171 blocks under its cell's WID) and on a 4,200-word RAM (9 rows of 2 blocks at
+``w`` = 36); tests/test_ecp5_bram.py checks a fresh build of the board top's RAM with 20,000
+random words (5 rows of 16 blocks at ``w`` = 4, the digits-moe geometry). A memory split over
+several widths, or
+copied for more read ports (``<memory>.1.<k>``), is refused; and every use checks a configuration
+against the image it was built with before writing another (:func:`check`).
 """
 from __future__ import annotations
 
@@ -69,18 +75,24 @@ def memory_cells(netlist: str | Path, memory: str) -> list[BramCell]:
     except FileNotFoundError:
         raise BramLayoutError(f"{netlist}: no such file; it is the placed netlist an ECP5 `accel build` writes "
                               "(rebuild the folder with the current accel)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BramLayoutError(f"{netlist}: not a nextpnr JSON netlist ({exc})") from None
     modules = doc.get("modules") if isinstance(doc, dict) else None
     if not isinstance(modules, dict) or len(modules) != 1:
         raise BramLayoutError(f"{netlist}: expected one module, found {len(modules) if isinstance(modules, dict) else 0}")
-    cells = next(iter(modules.values())).get("cells", {})
-    pattern = re.compile(re.escape(memory) + r"\.0\.(\d+)$")
+    module = next(iter(modules.values()))
+    cells = module.get("cells") if isinstance(module, dict) else None
+    if not isinstance(cells, dict):
+        raise BramLayoutError(f"{netlist}: the module has no 'cells' object; pass a nextpnr JSON netlist")
+    pattern = re.compile(re.escape(memory) + r"\.(\d+)\.(\d+)$")
     out = []
     for name, cell in cells.items():
         m = pattern.match(name)
-        if not m:
+        if not m or not isinstance(cell, dict):
             continue
+        if m.group(1) != "0":
+            raise BramLayoutError(f"{netlist}: cell {name!r}: {memory} is mapped as several copies (for more read "
+                                  "ports); this module lays out one")
         if cell.get("type") != "DP16KD":
             raise BramLayoutError(f"{netlist}: cell {name!r} is a {cell.get('type')}, not a DP16KD block RAM")
         params, attrs = cell.get("parameters", {}), cell.get("attributes", {})
@@ -91,7 +103,7 @@ def memory_cells(netlist: str | Path, memory: str) -> list[BramCell]:
         if "WID" not in attrs:
             raise BramLayoutError(f"{netlist}: cell {name!r} has no WID attribute; pass the placed or routed "
                                   "netlist nextpnr wrote, not Yosys's")
-        out.append(BramCell(name, int(m.group(1)), width, _int_param(attrs["WID"], f"{netlist}: cell {name!r} WID")))
+        out.append(BramCell(name, int(m.group(2)), width, _int_param(attrs["WID"], f"{netlist}: cell {name!r} WID")))
     if not out:
         raise BramLayoutError(f"{netlist}: no DP16KD cells named {memory}.0.<k>; the memory is not in block RAM "
                               "or has another name")
@@ -102,6 +114,8 @@ def memory_cells(netlist: str | Path, memory: str) -> list[BramCell]:
     if [c.index for c in out] != list(range(len(out))):
         raise BramLayoutError(f"{netlist}: the cells of {memory} are numbered {[c.index for c in out][:8]}..., "
                               f"expected 0 to {len(out) - 1}")
+    if len({c.wid for c in out}) != len(out):
+        raise BramLayoutError(f"{netlist}: two cells of {memory} share a WID; nextpnr numbers every block once")
     return out
 
 
@@ -157,9 +171,8 @@ def _block_value(config: str, span: tuple[int, int]) -> int:
     return bits
 
 
-def check(config: str, cells: list[BramCell], words: list[int], data_bits: int, where: str = "top.config") -> None:
-    """That ``config`` holds ``words`` in ``cells`` as laid out here; else BramLayoutError naming
-    the first cell that differs and how many do."""
+def _blocks_for(config: str, cells: list[BramCell], words: list[int], data_bits: int, where: str):
+    """The configuration's blocks, after checking that every cell has one and that the words fit."""
     blocks = config_blocks(config)
     missing = [c.name for c in cells if c.wid not in blocks]
     if missing:
@@ -167,9 +180,22 @@ def check(config: str, cells: list[BramCell], words: list[int], data_bits: int, 
                               f"(first {missing[0]!r}); the configuration is not from this netlist")
     cols = _columns(cells[0].width, data_bits)
     rows = -(-len(cells) // cols)
+    if rows * cols != len(cells):
+        raise BramLayoutError(f"{where}: {len(cells)} blocks are not whole rows of {cols} columns at "
+                              f"{cells[0].width} bits for {data_bits}-bit words")
     if rows * PORT_DEPTH[cells[0].width] < len(words):
         raise BramLayoutError(f"{where}: {len(cells)} blocks at {cells[0].width} bits hold "
                               f"{rows * PORT_DEPTH[cells[0].width]} words, the image has {len(words)}")
+    bad = next((i for i, w in enumerate(words) if not 0 <= w < 1 << data_bits), None)
+    if bad is not None:
+        raise BramLayoutError(f"word {bad} is {words[bad]!r}, outside 0 .. 2**{data_bits} - 1")
+    return blocks
+
+
+def check(config: str, cells: list[BramCell], words: list[int], data_bits: int, where: str = "top.config") -> None:
+    """That ``config`` holds ``words`` in ``cells`` as laid out here; else BramLayoutError naming
+    the first cell that differs and how many do."""
+    blocks = _blocks_for(config, cells, words, data_bits, where)
     wrong = [c for c in cells if _block_value(config, blocks[c.wid]) != block_bits(words, data_bits, c)]
     if wrong:
         raise BramLayoutError(f"{where}: {len(wrong)} of {len(cells)} blocks do not hold the expected words (first "
@@ -177,9 +203,10 @@ def check(config: str, cells: list[BramCell], words: list[int], data_bits: int, 
                               "this one (another model, weights or compiler) or the layout differs from this module's")
 
 
-def patch(config: str, cells: list[BramCell], words: list[int], data_bits: int) -> tuple[str, int]:
+def patch(config: str, cells: list[BramCell], words: list[int], data_bits: int,
+          where: str = "top.config") -> tuple[str, int]:
     """``config`` with ``cells`` holding ``words``; returns it and the number of blocks that changed."""
-    blocks = config_blocks(config)
+    blocks = _blocks_for(config, cells, words, data_bits, where)
     edits = []
     for c in cells:
         span = blocks[c.wid]

@@ -38,9 +38,13 @@ def _source_report(src: Path) -> dict:
         rep = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AccelError(f"{path}: not JSON ({exc}); pass the folder of a finished `accel build`") from None
+    if not isinstance(rep, dict):
+        raise AccelError(f"{path}: holds a {type(rep).__name__}, expected the object `accel build` writes")
     for key in ("model", "board", "params", "memory_image"):
         if key not in rep:
             raise AccelError(f"{path}: field {key!r} is missing; the folder is not from a finished `accel build`")
+    if not isinstance(rep["memory_image"], dict):
+        raise AccelError(f"{path}: field 'memory_image' is {rep['memory_image']!r}, expected an object")
     return rep
 
 
@@ -80,7 +84,11 @@ def reimage(src: str | Path, out: str | Path, image: int, *,
         raise AccelError(f"{src / 'report.json'}: board {board.name!r} is {board.family}; `accel reimage` writes "
                          "ECP5 block RAM contents (rebuild with `accel build` on other families)")
     cfg = load_config(rep["model"])
-    design = load_design_params(src / "report.json", cfg, board)
+    try:
+        design = load_design_params(src / "report.json", cfg, board)
+    except AccelError as exc:
+        raise AccelError(f"{src / 'report.json'}: its design does not load ({exc}); the folder is not from a finished "
+                         "`accel build` of this accel") from None
     tp = top_params(design, cfg)
     was = rep["memory_image"].get("input_image")
     if not isinstance(was, int):
@@ -93,6 +101,9 @@ def reimage(src: str | Path, out: str | Path, image: int, *,
         raise AccelError(f"{src / 'report.json'}: the build's image had {rep['memory_image'].get('words')} words, "
                          f"the model compiles to {len(old_words)} now; the model or compiler changed since the build: "
                          "rebuild with `accel build`")
+    if len(new_words) != len(old_words):
+        raise AccelError(f"image {image} compiles to {len(new_words)} words, the build's to {len(old_words)}; "
+                         "only images of the same layout go into a built bitstream: rebuild with `accel build`")
     netlist = gateware / "top_routed.json"
     if not netlist.is_file():
         netlist = gateware / "top_placed.json"
@@ -103,9 +114,11 @@ def reimage(src: str | Path, out: str | Path, image: int, *,
     config = config_path.read_text()
     say(f"checking the build's {len(cells)} image blocks against its configuration")
     check(config, cells, old_words, RAM_DATA_BITS, where=str(config_path))
-    patched, changed = patch(config, cells, new_words, RAM_DATA_BITS)
+    patched, changed = patch(config, cells, new_words, RAM_DATA_BITS, where=str(config_path))
     new_gateware = out / "gateware"
     new_gateware.mkdir(parents=True, exist_ok=True)
+    for stale in (out / "report.json", new_gateware / "top.bit", new_gateware / "top.svf"):
+        stale.unlink(missing_ok=True)
     (new_gateware / "top.config").write_text(patched)
     say(f"{changed} of {len(cells)} blocks changed; packing the bitstream")
     argv = _pack_command(gateware)
@@ -118,9 +131,13 @@ def reimage(src: str | Path, out: str | Path, image: int, *,
     except subprocess.CalledProcessError as exc:
         raise BuildError(f"step pack: {Path(argv[0]).name} exited with {exc.returncode}; log {log}:\n"
                          f"{_tail(log, 10)}") from None
-    for name in ("build_top.json",):
-        shutil.copyfile(gateware / name, new_gateware / name)
     bitstream = new_gateware / "top.bit"
+    if not bitstream.is_file():
+        raise BuildError(f"step pack: {Path(argv[0]).name} exited with 0 but wrote no {bitstream}; log {log}:\n"
+                         f"{_tail(log, 10)}")
+    # the plan and the netlist's block numbers go along, so the new folder can be reimaged in turn
+    for name in ("build_top.json", netlist.name):
+        shutil.copyfile(gateware / name, new_gateware / name)
     doc = dict(rep)
     doc["memory_image"] = {**rep["memory_image"], "input_image": image, "bytes": len(img)}
     doc["bitstream"] = str(bitstream)

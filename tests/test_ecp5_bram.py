@@ -102,6 +102,11 @@ def test_check_names_the_first_block_that_differs():
         check(config, cells + [_cell(16)], old, 64)
     with pytest.raises(BramLayoutError, match=r"16 blocks at 4 bits hold 4096 words, the image has 4097"):
         check(config, cells, [0] * 4097, 64)
+    with pytest.raises(BramLayoutError, match=r"^top.config: 15 blocks are not whole rows of 16 columns at 4 bits "
+                                              r"for 64-bit words"):
+        patch(config, cells[:15], old, 64)
+    with pytest.raises(BramLayoutError, match=r"^word 1 is -2, outside 0 .. 2\*\*64 - 1"):
+        patch(config, cells, [1, -2], 64)
 
 
 def _netlist(tmp_path, cells: dict) -> Path:
@@ -128,6 +133,11 @@ def test_memory_cells_read_from_the_placed_netlist(tmp_path):
     ({"ram.mem.0.0": _dp16kd(), "ram.mem.0.2": _dp16kd()}, r"the cells of ram.mem are numbered \[0, 2\]..., "
                                                            "expected 0 to 1"),
     ({"other.0.0": _dp16kd()}, "no DP16KD cells named ram.mem.0.<k>"),
+    ({"ram.mem.0.0": _dp16kd(), "ram.mem.1.0": _dp16kd(wid=4)},
+     "cell 'ram.mem.1.0': ram.mem is mapped as several copies \\(for more read ports\\); this module lays out one"),
+    ({"ram.mem.0.0": _dp16kd(wid=5), "ram.mem.0.1": _dp16kd(wid=5)}, "two cells of ram.mem share a WID"),
+    ({"ram.mem.0.0": {"type": "DP16KD", "parameters": {"DATA_WIDTH_A": "x"}, "attributes": {}}},
+     "cell 'ram.mem.0.0' parameter DATA_WIDTH_A is 'x', expected an integer"),
 ])
 def test_memory_cells_errors_name_the_file_and_the_cell(tmp_path, cells, message):
     with pytest.raises(BramLayoutError, match=message):
@@ -143,7 +153,7 @@ def test_a_missing_netlist_is_named(tmp_path):
 
 
 def test_a_real_build_holds_the_words_as_laid_out_and_takes_new_ones(ulx3s_stand_in_build):
-    """The board top's RAM with 8,192 random words, built for the ULX3S by Yosys and nextpnr
+    """The board top's RAM with 20,000 random words, built for the ULX3S by Yosys and nextpnr
     (tests/conftest.py): every one of its blocks in the configuration holds the words as
     accel.ecp5_bram lays them out (random words set every bit position of every block); new words
     patched in then pack."""
@@ -151,16 +161,19 @@ def test_a_real_build_holds_the_words_as_laid_out_and_takes_new_ones(ulx3s_stand
     res, _, _, words = ulx3s_stand_in_build
     gw = Path(res.build_dir)
     cells = memory_cells(gw / "top_routed.json", "ram.mem")
-    # one row of 8,192 addresses, 32 columns of 2 bits: the packed layout (8 data bits in 9), as at
-    # the 4 bits of the digits-moe image RAM
-    assert {c.width for c in cells} == {2} and len(cells) == 32
+    # the digits-moe image RAM's geometry: rows of 4,096 addresses (5 here), 16 columns of 4 bits,
+    # 8 data bits in every 9
+    assert {c.width for c in cells} == {4} and len(cells) == 80
     config = (gw / "top.config").read_text()
     check(config, cells, words, 64)
     new = [w ^ (1 << 64) - 1 for w in words]          # every bit of every block flips
-    with pytest.raises(BramLayoutError, match="32 of 32 blocks do not hold the expected words"):
+    with pytest.raises(BramLayoutError, match="80 of 80 blocks do not hold the expected words"):
         check(config, cells, new, 64)
+    rotated = words[4096:] + words[:4096]            # the blocks' contents with the rows in another order
+    with pytest.raises(BramLayoutError, match="blocks do not hold the expected words"):
+        check(config, cells, rotated, 64)
     patched, changed = patch(config, cells, new, 64)
-    assert changed == 32
+    assert changed == 80
     check(patched, cells, new, 64)
     (gw / "patched.config").write_text(patched)
     env = tool_environment()
@@ -237,8 +250,29 @@ def test_reimage_refuses_a_build_whose_blocks_hold_another_image(tmp_path, monke
     assert not (tmp_path / "new" / "gateware" / "top.bit").exists()
 
 
+def test_a_reimaged_folder_can_be_reimaged_again(tmp_path, monkeypatch, capsys, digits_images):
+    from accel.cli import main
+    src, pack = _fake_build(tmp_path, 0, digits_images[0])
+    monkeypatch.setenv("ECPPACK", str(pack))
+    assert main(["reimage", "--from", str(src), "--image", "3", "--out", str(tmp_path / "a")]) == 0
+    assert main(["reimage", "--from", str(tmp_path / "a"), "--image", "0", "--out", str(tmp_path / "b")]) == 0
+    assert "carries evaluation image 0 (the build had 3;" in capsys.readouterr().out
+    assert (tmp_path / "b" / "gateware" / "top.config").read_text() == (src / "gateware" / "top.config").read_text()
+    assert main(["reimage", "--from", str(src), "--image", "1", "--out", str(src)]) == 2
+    assert f"--out {str(src)!r} is the source build folder; pass another folder" in capsys.readouterr().err
+
+
 def test_reimage_errors_name_the_folder(tmp_path, capsys):
     from accel.cli import main
     assert main(["reimage", "--from", str(tmp_path), "--image", "1", "--out", str(tmp_path / "o")]) == 2
     assert f"--from {str(tmp_path)!r}: no report.json there; pass the --out folder of an `accel build`" in \
         capsys.readouterr().err
+    (tmp_path / "report.json").write_text("[1]")
+    assert main(["reimage", "--from", str(tmp_path), "--image", "1", "--out", str(tmp_path / "o"), "--json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == {"error": f"{tmp_path / 'report.json'}: holds a list, expected the object `accel build` writes",
+                   "kind": "AccelError"}
+    (tmp_path / "report.json").write_text(json.dumps({"model": "digits-moe", "board": "icebreaker", "params": {},
+                                                      "memory_image": {}}))
+    assert main(["reimage", "--from", str(tmp_path), "--image", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "board 'icebreaker' is ice40; `accel reimage` writes ECP5 block RAM contents" in capsys.readouterr().err
