@@ -374,7 +374,7 @@ def cmd_project(args) -> dict:
 
 def cmd_build(args) -> dict:
     from accel.build import build_model
-    res = build_model(args.board, args.model, args.out, params=args.params, dsp=not args.no_dsp,
+    res = build_model(args.board, args.model, args.out, params=args.params, image=args.image, dsp=not args.no_dsp,
                       dsp_budget=args.dsp_budget, clock_mhz=args.clock_mhz, timing_driven=args.timing_driven,
                       seed=args.seed, timing_paths=args.timing_paths,
                       race_seeds=args.race_seeds, dsp_registers=args.dsp_registers,
@@ -511,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/bitstream", help="folder for report.json and gateware/ (created)")
     p.add_argument("--params", default=None, metavar="FILE.json",
                    help="the design from `accel dse --json` instead of running the search")
+    p.add_argument("--image", type=int, default=0, metavar="N",
+                   help="the evaluation image the bitstream's memory carries (default 0; for another one after the "
+                        "build: accel reimage)")
     p.add_argument("--no-dsp", action="store_true", help="every multiplier in LUTs")
     p.add_argument("--dsp-budget", type=int, default=None, metavar="N",
                    help="DSP blocks the multipliers may use (default: the part's count); the products cheapest "

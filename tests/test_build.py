@@ -312,7 +312,7 @@ def _fake_build_top(top, board, build_dir, **kw):
 def test_model_report_and_cli_output(monkeypatch, tmp_path, capsys):
     import accel.build as build
     monkeypatch.setattr(build, "build_top", _fake_build_top)
-    assert main(["build", "--model", "digits-moe", "--out", str(tmp_path)]) == 0
+    assert main(["build", "--model", "digits-moe", "--out", str(tmp_path), "--image", "2"]) == 0
     text = capsys.readouterr()
     assert "clock clk: Fmax 87.2 MHz, constraint 50 MHz (met)" in text.out
     assert "LUT      1165 / 83640" in text.out and "FPS predicted at Fmax 87.2 MHz" in text.out
@@ -326,6 +326,7 @@ def test_model_report_and_cli_output(monkeypatch, tmp_path, capsys):
     assert p["fps_at_fmax"] == pytest.approx(p["fps_at_clock"] * 87.21 / 50, rel=1e-3)
     mi = rep["memory_image"]
     assert mi["words"] * 8 >= mi["bytes"] > mi["program_offset"] > 0 and mi["instructions"] > 10
+    assert mi["input_image"] == 2
     assert set(rep["seconds"]) == {"design_and_compile", *STEPS, "total"}
     assert rep["params"]["linear"]["t_in"] % 8 == 0 and rep["top_params"]["fifo_words"] >= 2
     gc.collect()     # the board top the stub never elaborated warns now, inside the filter
