@@ -21,8 +21,8 @@ This is the layout of a memory written a whole word at a time, as the board top'
 write strobes are all ones): with byte enables Yosys gives every byte a 9-bit lane, which this
 module does not lay out. Checked on the digits-moe build by hand (9 rows of 16 blocks at ``w`` = 4;
 every one of its 171 blocks under its cell's WID) and on a 4,200-word RAM (9 rows of 2 blocks at
-``w`` = 36); tests/test_ecp5_bram.py checks a fresh build of the board top's RAM with 20,000
-random words (5 rows of 16 blocks at ``w`` = 4, the digits-moe geometry). A memory split over
+``w`` = 36); tests/test_ecp5_bram.py checks a fresh build of the board top's RAM with 12,288
+random words (3 rows of 16 blocks at ``w`` = 4, the digits-moe geometry). A memory split over
 several widths, or
 copied for more read ports (``<memory>.1.<k>``), is refused; and every use checks a configuration
 against the image it was built with before writing another (:func:`check`).

@@ -153,7 +153,7 @@ def test_a_missing_netlist_is_named(tmp_path):
 
 
 def test_a_real_build_holds_the_words_as_laid_out_and_takes_new_ones(ulx3s_stand_in_build):
-    """The board top's RAM with 20,000 random words, built for the ULX3S by Yosys and nextpnr
+    """The board top's RAM with 12,288 random words, built for the ULX3S by Yosys and nextpnr
     (tests/conftest.py): every one of its blocks in the configuration holds the words as
     accel.ecp5_bram lays them out (random words set every bit position of every block); new words
     patched in then pack."""
@@ -161,19 +161,19 @@ def test_a_real_build_holds_the_words_as_laid_out_and_takes_new_ones(ulx3s_stand
     res, _, _, words = ulx3s_stand_in_build
     gw = Path(res.build_dir)
     cells = memory_cells(gw / "top_routed.json", "ram.mem")
-    # the digits-moe image RAM's geometry: rows of 4,096 addresses (5 here), 16 columns of 4 bits,
+    # the digits-moe image RAM's geometry: rows of 4,096 addresses (3 here), 16 columns of 4 bits,
     # 8 data bits in every 9
-    assert {c.width for c in cells} == {4} and len(cells) == 80
+    assert {c.width for c in cells} == {4} and len(cells) == 48
     config = (gw / "top.config").read_text()
     check(config, cells, words, 64)
     new = [w ^ (1 << 64) - 1 for w in words]          # every bit of every block flips
-    with pytest.raises(BramLayoutError, match="80 of 80 blocks do not hold the expected words"):
+    with pytest.raises(BramLayoutError, match="48 of 48 blocks do not hold the expected words"):
         check(config, cells, new, 64)
     rotated = words[4096:] + words[:4096]            # the blocks' contents with the rows in another order
     with pytest.raises(BramLayoutError, match="blocks do not hold the expected words"):
         check(config, cells, rotated, 64)
     patched, changed = patch(config, cells, new, 64)
-    assert changed == 80
+    assert changed == 48
     check(patched, cells, new, 64)
     (gw / "patched.config").write_text(patched)
     env = tool_environment()
