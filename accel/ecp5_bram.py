@@ -74,7 +74,8 @@ def memory_cells(netlist: str | Path, memory: str) -> list[BramCell]:
         doc = json.loads(netlist.read_text())
     except FileNotFoundError:
         raise BramLayoutError(f"{netlist}: no such file; it is the placed netlist an ECP5 `accel build` writes "
-                              "(rebuild the folder with the current accel)") from None
+                              "unless both --no-route-timing and --no-dsp-reseat are given (rebuild without them, "
+                              "or with --timing-paths)") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BramLayoutError(f"{netlist}: not a nextpnr JSON netlist ({exc})") from None
     modules = doc.get("modules") if isinstance(doc, dict) else None
